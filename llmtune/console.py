@@ -1,0 +1,59 @@
+"""Console output for the CLI: rich on stderr, with a verbosity set once by the top-level options.
+
+rich is imported on first use, so `llmtune --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any
+
+QUIET, NORMAL, VERBOSE = 0, 1, 2
+_level = NORMAL
+
+
+def set_verbosity(level: int) -> None:
+    """QUIET prints errors and warnings only; VERBOSE adds debug lines and library logs."""
+    global _level
+    _level = level
+    logging.basicConfig(level=logging.DEBUG if level >= VERBOSE else logging.WARNING, format="%(name)s: %(message)s")
+
+
+def verbosity() -> int:
+    return _level
+
+
+@functools.cache
+def console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+@functools.cache
+def stdout() -> Any:
+    """For results a user may pipe (tables, YAML, generated text)."""
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=True)
+
+
+def info(message: str) -> None:
+    if _level >= NORMAL:
+        console().print(message)
+
+
+def debug(message: str) -> None:
+    if _level >= VERBOSE:
+        console().print(f"[dim]{message}[/dim]")
+
+
+def warn(message: str) -> None:
+    console().print(f"[yellow]warning:[/yellow] {message}")
+
+
+def error(message: str) -> None:
+    from rich.markup import escape
+
+    console().print(f"[bold red]error:[/bold red] {escape(message)}")
