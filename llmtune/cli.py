@@ -60,3 +60,56 @@ def main() -> None:
 
         console.error(str(exc))
         sys.exit(EXIT_USER_ERROR)
+
+
+def _recipes_root() -> Path:
+    """Shipped recipes: ./recipes when run from a checkout, else the one beside the installed package."""
+    local = Path("recipes")
+    return local if local.is_dir() else Path(__file__).resolve().parent.parent / "recipes"
+
+
+@recipe_app.command("validate")
+def recipe_validate(recipe: RecipeArg, set_: SetOpt = None) -> None:
+    """Check a recipe against the schema; exit 2 with the problem if it is invalid."""
+    from llmtune.recipe import load_recipe
+
+    resolved = load_recipe(recipe, set_)
+    print(f"{recipe}: ok ({resolved.stage}, {resolved.method.kind}, model {resolved.model.name_or_path})")
+
+
+@recipe_app.command("show")
+def recipe_show(recipe: RecipeArg, set_: SetOpt = None) -> None:
+    """Print the fully resolved recipe (extends merged, overrides applied, defaults filled)."""
+    from llmtune.recipe import dump_recipe, load_recipe
+
+    print(dump_recipe(load_recipe(recipe, set_)), end="")
+
+
+@recipe_app.command("list")
+def recipe_list() -> None:
+    """List the shipped recipes with their one-line descriptions."""
+    from llmtune.recipe import describe_line
+
+    root = _recipes_root()
+    for path in sorted(root.rglob("*.yaml")):
+        if "accelerate" in path.parts:
+            continue
+        print(f"{path.relative_to(root.parent)}  {describe_line(path)}")
+
+
+@app.command("init-model")
+def init_model(
+    out: Annotated[Path, typer.Argument(help="Directory to write the model into.", show_default=False)],
+    preset: Annotated[str, typer.Option("--preset", help="Model size: tiny or small.", show_default=False)],
+    corpus: Annotated[
+        Optional[list[Path]],
+        typer.Option("--corpus", help="Text or .jsonl file to train the tokenizer on (repeatable; default built-in)."),
+    ] = None,
+    vocab_size: Annotated[Optional[int], typer.Option("--vocab-size", help="Tokenizer size (default per preset).")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for the built-in corpus and the weights.")] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty output directory.")] = False,
+) -> None:
+    """Train a byte-level BPE tokenizer and write a randomly initialised LLaMA of a preset size, offline."""
+    from llmtune.init_model import init_model as build
+
+    build(out, preset=preset, corpus=corpus, vocab_size=vocab_size, seed=seed, overwrite=overwrite)

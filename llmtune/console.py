@@ -28,7 +28,7 @@ def verbosity() -> int:
 def console() -> Any:
     from rich.console import Console
 
-    return Console(stderr=True, highlight=False)
+    return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 @functools.cache

@@ -1,0 +1,239 @@
+"""THE recipe schema: pydantic models with unknown keys refused.
+
+Each field's docstring is its documentation: docs/recipes.md is generated from these models
+(`python -m llmtune.docgen`). Cross-field rules live next to the block they concern.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Stage = Literal["pt", "sft", "rm", "dpo"]
+DataFormat = Literal["alpaca", "sharegpt", "messages", "text", "preference", "ranked"]
+PREFERENCE_FORMATS = ("preference", "ranked")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_default=True)
+
+
+class ModelSpec(Strict):
+    name_or_path: str
+    """A local model directory or a Hub id (fetched through `hub.endpoint`)."""
+    revision: str = "main"
+    """Branch, tag or commit of a Hub model."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weights dtype: auto picks bfloat16 on a GPU that supports it, else float32."""
+    trust_remote_code: bool = False
+    """Run Python code shipped with the model. Off unless you trust its author."""
+    allow_pickle: bool = False
+    """Allow loading pickle (.bin) weights when a model has no safetensors. Pickles can run code."""
+    adapter: str | None = None
+    """A PEFT adapter to start from (e.g. an earlier SFT run's output dir); trained further with LoRA."""
+    chat_template: str | None = None
+    """Chat template: null uses the tokenizer's own; a name (chatml, llama3) or a path to a Jinja file."""
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] | None = None
+    """Attention kernel; null lets transformers choose."""
+
+
+class LoraSpec(Strict):
+    r: int = Field(16, gt=0)
+    """Rank of the low-rank update B·A."""
+    alpha: float = Field(32, gt=0)
+    """Scaling numerator: the update is multiplied by alpha / r (alpha / sqrt(r) with rsLoRA)."""
+    dropout: float = Field(0.05, ge=0, lt=1)
+    """Dropout on the LoRA input."""
+    target_modules: Union[Literal["all-linear"], list[str]] = "all-linear"
+    """Modules that get adapters: all-linear, or names such as [q_proj, v_proj]."""
+    use_rslora: bool = False
+    """Rank-stabilised scaling alpha / sqrt(r)."""
+    use_dora: bool = False
+    """Weight-decomposed LoRA (DoRA)."""
+    modules_to_save: list[str] = []
+    """Modules trained fully and saved with the adapter (e.g. [lm_head, embed_tokens] after adding tokens)."""
+
+
+class FreezeSpec(Strict):
+    trainable_layers: int = Field(2, ge=0)
+    """Train only the last N transformer layers (plus trainable_modules); everything else is frozen."""
+    trainable_modules: list[str] = []
+    """Extra parameter-name substrings to train, e.g. [lm_head, norm]."""
+
+
+class QLoraSpec(Strict):
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    """4-bit data type of the frozen base: NF4 (normal float) or FP4."""
+    double_quant: bool = True
+    """Quantize the quantization constants too (about 0.37 bits per parameter saved)."""
+    compute_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    """Dtype of the matmuls on dequantized weights."""
+    optimizer: Literal["paged_adamw_8bit", "paged_adamw_32bit", "adamw_8bit", "adamw_torch"] = "paged_adamw_8bit"
+    """Optimizer; paged ones move states to CPU under memory pressure (GPU only: falls back to adamw_torch)."""
+
+
+class MethodSpec(Strict):
+    kind: Literal["full", "freeze", "lora", "qlora"] = "lora"
+    """full: every weight; freeze: last layers only; lora: adapters; qlora: adapters on a 4-bit base."""
+    lora: LoraSpec = LoraSpec()
+    """Adapter settings, used by lora and qlora."""
+    freeze: FreezeSpec = FreezeSpec()
+    """Used by freeze."""
+    qlora: QLoraSpec = QLoraSpec()
+    """Quantization of the base, used by qlora."""
+
+    @model_validator(mode="after")
+    def _qlora_needs_adapters(self) -> MethodSpec:
+        if self.kind in ("full", "freeze") and "qlora" in self.model_fields_set:
+            raise ValueError(
+                f"method.qlora is set but method.kind is {self.kind!r}: a 4-bit base cannot be trained directly; "
+                "use method.kind: qlora (LoRA adapters on the quantized base) or remove the qlora block"
+            )
+        return self
+
+
+class DataSource(Strict):
+    path: str
+    """A local file (.jsonl .json .csv .parquet .txt), a `datasets` directory, or a Hub dataset id."""
+    format: DataFormat | None = None
+    """Row format; null detects it from the columns of the first row."""
+    weight: float = Field(1.0, gt=0)
+    """Mixing weight: 2.0 repeats the source twice, 0.5 keeps half of it (per epoch)."""
+    max_samples: int | None = Field(None, gt=0)
+    """Use at most this many rows (taken before weighting)."""
+    split: str = "train"
+    """Split of a Hub or `datasets` directory source."""
+    subset: str | None = None
+    """Configuration name of a Hub dataset."""
+    revision: str = "main"
+    """Revision of a Hub dataset."""
+    columns: dict[str, str] = {}
+    """Map our field names to the file's: {instruction: question, output: answer}."""
+
+
+class DataSpec(Strict):
+    train: list[DataSource] = Field(min_length=1)
+    """Training sources, mixed by weight."""
+    eval: list[DataSource] = []
+    """Held-out sources; when empty, eval_ratio of the training rows is held out."""
+    eval_ratio: float = Field(0.0, ge=0, lt=1)
+    """Fraction of training rows held out for evaluation when no eval sources are given."""
+    max_length: int = Field(1024, gt=0)
+    """Tokens per example (or per packed row); longer examples are truncated."""
+    packing: bool | None = None
+    """Pack several examples into one row (no attention across them where supported). Default: on for pt."""
+    loss_on: Literal["all_assistant", "last_assistant", "all"] = "all_assistant"
+    """Which tokens are trained in chat data: every assistant turn, only the last one, or everything."""
+    bad_rows: Literal["error", "skip"] = "error"
+    """A malformed row stops the run (error) or is skipped and counted (skip)."""
+    system_prompt: str | None = None
+    """A system message added to conversations that have none."""
+    cache_dir: str = ".cache/llmtune"
+    """Where tokenized datasets are cached, keyed by everything that affects them."""
+
+
+class TrainSpec(Strict):
+    max_steps: int = -1
+    """Stop after this many optimizer steps; -1 runs `epochs` epochs."""
+    epochs: float = Field(1.0, gt=0)
+    """Passes over the (weighted) training data."""
+    batch_size: int = Field(4, gt=0)
+    """Examples per device per forward pass."""
+    grad_accum: int = Field(1, gt=0)
+    """Forward passes per optimizer step."""
+    lr: float = Field(2.0e-4, gt=0)
+    """Peak learning rate."""
+    weight_decay: float = Field(0.0, ge=0)
+    """AdamW weight decay."""
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    """Fraction of steps spent warming up the learning rate."""
+    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
+    """Learning-rate schedule."""
+    max_grad_norm: float = Field(1.0, ge=0)
+    """Gradient clipping norm; 0 disables it."""
+    optimizer: str | None = None
+    """A transformers optimizer name (adamw_torch, adamw_8bit, paged_adamw_8bit, ...); null picks per method."""
+    seed: int = 42
+    """Seed for initialisation, data order and dropout."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, about 30% slower."""
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    """auto: bf16 on a GPU that supports it, otherwise none."""
+    logging_steps: int = Field(10, gt=0)
+    """Log the loss every N steps (to metrics.jsonl and the console)."""
+    save_steps: int = Field(500, gt=0)
+    """Write a checkpoint every N steps (the final model is always saved)."""
+    save_total_limit: int | None = Field(2, gt=0)
+    """Keep at most this many checkpoints."""
+    eval_steps: int | None = Field(None, gt=0)
+    """Evaluate every N steps; null evaluates at the end only."""
+    report_to: list[Literal["tensorboard"]] = []
+    """Extra loggers."""
+    nproc: int = Field(1, gt=0)
+    """Processes (GPUs) to train on; above 1 the run is relaunched under `accelerate launch`."""
+    accelerate_config: str | None = None
+    """An accelerate config file (see recipes/accelerate/) for multi-process runs."""
+    extra: dict[str, Any] = {}
+    """Escape hatch: extra keyword arguments for TRL's config (SFTConfig, DPOConfig, ...), passed as is."""
+
+
+class DpoSpec(Strict):
+    beta: float = Field(0.1, gt=0)
+    """Strength of the KL penalty towards the reference: higher keeps the policy closer."""
+    loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = "sigmoid"
+    """DPO loss variant."""
+    reference: str | None = None
+    """An explicit reference model; null uses the starting model (with LoRA: the base with adapters off)."""
+
+
+class HubSpec(Strict):
+    endpoint: str | None = None
+    """Hub or mirror URL; HF_ENDPOINT in the environment wins over it, --endpoint wins over both."""
+
+
+class OutputSpec(Strict):
+    dir: str
+    """Run directory: resolved recipe, checkpoints, final model or adapter, metrics."""
+    overwrite: bool = False
+    """Allow writing into a non-empty directory (its old contents are replaced)."""
+
+
+class Recipe(Strict):
+    """One training run."""
+
+    description: str = ""
+    """One line shown by `llmtune recipe list`."""
+    stage: Stage
+    """pt: continued pretraining; sft: supervised fine-tuning; rm: reward model; dpo: preference optimisation."""
+    model: ModelSpec
+    method: MethodSpec = MethodSpec()
+    data: DataSpec
+    train: TrainSpec = TrainSpec()
+    dpo: DpoSpec = DpoSpec()
+    """DPO settings (stage dpo only)."""
+    hub: HubSpec = HubSpec()
+    output: OutputSpec
+
+    @model_validator(mode="after")
+    def _formats_fit_stage(self) -> Recipe:
+        for group in ("train", "eval"):
+            for i, src in enumerate(getattr(self.data, group)):
+                fmt = src.format
+                if fmt is None:
+                    continue
+                wants_pairs = self.stage in ("rm", "dpo")
+                if wants_pairs != (fmt in PREFERENCE_FORMATS):
+                    allowed = "preference, ranked" if wants_pairs else "alpaca, sharegpt, messages, text"
+                    raise ValueError(
+                        f"data.{group}[{i}].format is {fmt!r}, which stage {self.stage!r} cannot train on "
+                        f"(allowed: {allowed})"
+                    )
+        if "dpo" in self.model_fields_set and self.stage != "dpo":
+            raise ValueError(f"the dpo block is set but stage is {self.stage!r}; remove it or use stage: dpo")
+        return self
+
+    @property
+    def packing(self) -> bool:
+        """Packing as resolved: the recipe's choice, else on for pretraining only."""
+        return self.data.packing if self.data.packing is not None else self.stage == "pt"
