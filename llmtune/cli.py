@@ -97,6 +97,25 @@ def recipe_list() -> None:
         print(f"{path.relative_to(root.parent)}  {describe_line(path)}")
 
 
+@app.command("synth-data")
+def synth_data(
+    out_dir: Annotated[
+        Path, typer.Argument(metavar="OUT_DIR", help="Directory to write the data files into.", show_default=False)
+    ],
+    train: Annotated[int, typer.Option("--train", min=1, help="Training rows per file.")] = 2000,
+    eval_rows: Annotated[int, typer.Option("--eval", min=1, help="Held-out rows per eval file.")] = 200,
+    seed: Annotated[int, typer.Option("--seed", help="Seed; the same seed writes the same bytes.")] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Write into a non-empty directory.")] = False,
+) -> None:
+    """Write the built-in synthetic tasks in every supported format (SFT, preference, text), with eval splits."""
+    from llmtune import console
+    from llmtune.data import synth
+
+    synth.ensure_writable_dir(out_dir, overwrite)
+    for path in synth.write_builtin_data(out_dir, n_train=train, n_eval=eval_rows, seed=seed).values():
+        console.info(f"wrote {path} ({synth.count_rows(path)} rows)")
+
+
 @app.command("init-model")
 def init_model(
     out: Annotated[Path, typer.Argument(help="Directory to write the model into.", show_default=False)],

@@ -1,0 +1,1 @@
+"""Data: format converters, loading, tokenization and the built-in synthetic data."""
