@@ -117,14 +117,16 @@ def synth_data(
 
 
 @app.command("init-model")
-def init_model(
+def init_model_cmd(
     out: Annotated[Path, typer.Argument(help="Directory to write the model into.", show_default=False)],
     preset: Annotated[str, typer.Option("--preset", help="Model size: tiny or small.", show_default=False)],
     corpus: Annotated[
         Optional[list[Path]],
         typer.Option("--corpus", help="Text or .jsonl file to train the tokenizer on (repeatable; default built-in)."),
     ] = None,
-    vocab_size: Annotated[Optional[int], typer.Option("--vocab-size", help="Tokenizer size (default per preset).")] = None,
+    vocab_size: Annotated[
+        Optional[int], typer.Option("--vocab-size", help="Tokenizer size (default: preset's).")
+    ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed for the built-in corpus and the weights.")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty output directory.")] = False,
 ) -> None:
