@@ -118,16 +118,20 @@ def synth_data(
 
 @app.command("init-model")
 def init_model_cmd(
-    out: Annotated[Path, typer.Argument(help="Directory to write the model into.", show_default=False)],
-    preset: Annotated[str, typer.Option("--preset", help="Model size: tiny or small.", show_default=False)],
+    out: Annotated[Path, typer.Argument(metavar="OUT", help="Directory to write the model into.", show_default=False)],
+    preset: Annotated[
+        str, typer.Option("--preset", metavar="tiny|small", help="Model size preset.", show_default=False)
+    ],
     corpus: Annotated[
         Optional[list[Path]],
-        typer.Option("--corpus", help="Text or .jsonl file to train the tokenizer on (repeatable; default built-in)."),
+        typer.Option(
+            "--corpus", metavar="FILE", help="Text or .jsonl file for the tokenizer (repeatable; default: built-in)."
+        ),
     ] = None,
     vocab_size: Annotated[
-        Optional[int], typer.Option("--vocab-size", help="Tokenizer size (default: preset's).")
+        Optional[int], typer.Option("--vocab-size", metavar="N", help="Tokenizer size (default: preset's).")
     ] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed for the built-in corpus and the weights.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", metavar="S", help="Seed for the built-in corpus and the weights.")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty output directory.")] = False,
 ) -> None:
     """Train a byte-level BPE tokenizer and write a randomly initialised LLaMA of a preset size, offline."""
