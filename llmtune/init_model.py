@@ -290,7 +290,7 @@ def _move_into_place(staging: Path, out: Path) -> None:
         out.rmdir()
         staging.rename(out)
         return
-    backup = out.with_name(f".{out.name}.old-{os.getpid()}")
+    backup = out.with_name(f".{out.name}.old-{os.getpid()}-{secrets.token_hex(4)}")
     out.rename(backup)
     try:
         staging.rename(out)

@@ -87,6 +87,14 @@ def test_seed_fixes_the_weights() -> None:
     assert not torch.equal(first.state_dict()[weight], other.state_dict()[weight])
 
 
+def test_same_seed_writes_identical_files(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(CORPUS)
+    for name in ("a", "b"):
+        init_model(tmp_path / name, preset="tiny", corpus=[corpus], vocab_size=300, seed=5)
+    assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
+
+
 def test_special_tokens_are_single_distinct_ids(tokenizer) -> None:
     assert SPECIAL_TOKENS == ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>")
     for token_id, token in enumerate(SPECIAL_TOKENS):
