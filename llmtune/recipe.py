@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from llmtune.errors import UserError
-from llmtune.schema import Recipe
+from llmtune.schema import Recipe, nested_model
 
 Position = tuple[str, int]  # (file, 1-based line)
 
@@ -143,20 +143,10 @@ def _field_names(loc: tuple[Any, ...]) -> list[str]:
         info = model.model_fields.get(str(part))
         if info is None:
             break
-        model = _model_of(info.annotation)
+        model = nested_model(info.annotation)
     if isinstance(model, type) and issubclass(model, BaseModel):
         return list(model.model_fields)
     return []
-
-
-def _model_of(annotation: Any) -> Any:
-    for candidate in (annotation, *getattr(annotation, "__args__", ())):
-        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
-            return candidate
-        inner = _model_of(candidate) if getattr(candidate, "__args__", None) else None
-        if inner is not None:
-            return inner
-    return None
 
 
 def _describe(error: dict[str, Any], positions: dict, origin: str) -> str:
@@ -199,8 +189,17 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
 
 
 def dump_recipe(recipe: Recipe) -> str:
-    """The fully resolved recipe as YAML, defaults included: what `recipe show` prints and runs save."""
-    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+    """The fully resolved recipe as YAML, defaults included: what `recipe show` prints and runs save.
+
+    Sections that do not apply (the dpo block outside stage dpo, method blocks of other kinds) are left out.
+    """
+    data = recipe.model_dump(mode="json")
+    kind = recipe.method.kind
+    unused = {"lora": kind in ("full", "freeze"), "freeze": kind != "freeze", "qlora": kind != "qlora"}
+    data["method"] = {k: v for k, v in data["method"].items() if not unused.get(k)}
+    if recipe.stage != "dpo":
+        data.pop("dpo")
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 
 
 def describe_line(path: Path) -> str:

@@ -6,6 +6,7 @@ Each field's docstring is its documentation: docs/recipes.md is generated from t
 
 from __future__ import annotations
 
+import typing
 from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -13,6 +14,17 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 Stage = Literal["pt", "sft", "rm", "dpo"]
 DataFormat = Literal["alpaca", "sharegpt", "messages", "text", "preference", "ranked"]
 PREFERENCE_FORMATS = ("preference", "ranked")
+
+
+def nested_model(annotation: Any) -> type[BaseModel] | None:
+    """The section model inside an annotation (`LoraSpec`, `list[DataSource]`, `X | None`), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = nested_model(arg)
+        if found is not None:
+            return found
+    return None
 
 
 class Strict(BaseModel):
@@ -207,13 +219,19 @@ class Recipe(Strict):
     stage: Stage
     """pt: continued pretraining; sft: supervised fine-tuning; rm: reward model; dpo: preference optimisation."""
     model: ModelSpec
+    """The model to start from."""
     method: MethodSpec = MethodSpec()
+    """What is trained: every weight, the last layers, or LoRA adapters (on a 4-bit base for qlora)."""
     data: DataSpec
+    """Training and evaluation data: sources, formats, mixing, templates, masks, packing."""
     train: TrainSpec = TrainSpec()
+    """Optimisation, checkpoints, logging and processes."""
     dpo: DpoSpec = DpoSpec()
     """DPO settings (stage dpo only)."""
     hub: HubSpec = HubSpec()
+    """Where Hub ids (models, datasets) are fetched from."""
     output: OutputSpec
+    """Where the run is written."""
 
     @model_validator(mode="after")
     def _formats_fit_stage(self) -> Recipe:
