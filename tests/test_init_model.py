@@ -93,6 +93,8 @@ def test_same_seed_writes_identical_files(tmp_path: Path) -> None:
     for name in ("a", "b"):
         init_model(tmp_path / name, preset="tiny", corpus=[corpus], vocab_size=300, seed=5)
     assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
+    modes = {p.stat().st_mode & 0o777 for p in (tmp_path / "a").iterdir()}
+    assert len(modes) == 1, "model.safetensors should be as readable as the JSON files"
 
 
 def test_special_tokens_are_single_distinct_ids(tokenizer) -> None:
