@@ -39,9 +39,10 @@ def stdout() -> Any:
     return Console(highlight=False, soft_wrap=True)
 
 
-def info(message: str) -> None:
+def info(message: str, markup: bool = True) -> None:
+    """Progress and results for people; pass markup=False when the text holds user data (paths, rows)."""
     if _level >= NORMAL:
-        console().print(message)
+        console().print(message, markup=markup)
 
 
 def debug(message: str) -> None:
@@ -50,7 +51,9 @@ def debug(message: str) -> None:
 
 
 def warn(message: str) -> None:
-    console().print(f"[yellow]warning:[/yellow] {message}")
+    from rich.markup import escape
+
+    console().print(f"[yellow]warning:[/yellow] {escape(message)}")
 
 
 def error(message: str) -> None:
