@@ -7,6 +7,7 @@ so `llmtune --help` starts instantly. A test keeps it that way.
 from __future__ import annotations
 
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -138,3 +139,40 @@ def init_model_cmd(
     from llmtune.init_model import init_model as build
 
     build(out, preset=preset, corpus=corpus, vocab_size=vocab_size, seed=seed, overwrite=overwrite)
+
+
+class RepoType(str, Enum):
+    model = "model"
+    dataset = "dataset"
+
+
+@app.command("download")
+def download(
+    repo_id: Annotated[str, typer.Argument(metavar="REPO_ID", help="Hub repo id, e.g. org/name.", show_default=False)],
+    repo_type: Annotated[RepoType, typer.Option("--repo-type", help="Kind of repo.")] = RepoType.model,
+    revision: Annotated[str, typer.Option("--revision", metavar="REV", help="Branch, tag or commit.")] = "main",
+    include: Annotated[
+        Optional[list[str]], typer.Option("--include", metavar="GLOB", help="Fetch only matching files (repeatable).")
+    ] = None,
+    exclude: Annotated[
+        Optional[list[str]], typer.Option("--exclude", metavar="GLOB", help="Skip matching files (repeatable).")
+    ] = None,
+    local_dir: Annotated[
+        Optional[Path], typer.Option("--local-dir", metavar="DIR", help="Write files here instead of the HF cache.")
+    ] = None,
+    endpoint: Annotated[
+        Optional[str],
+        typer.Option("--endpoint", metavar="URL", help="Hub or mirror URL (else HF_ENDPOINT, else llmtune.yaml)."),
+    ] = None,
+    token_file: Annotated[
+        Optional[Path],
+        typer.Option("--token-file", metavar="FILE", help="File holding the token (else HF_TOKEN, else hf login)."),
+    ] = None,
+    max_workers: Annotated[int, typer.Option("--max-workers", metavar="N", min=1, help="Parallel downloads.")] = 8,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be fetched and its size.")] = False,
+) -> None:
+    """Download a model or dataset from the Hub or a mirror: resumable, retried, every file verified."""
+    from llmtune.stages.download import DownloadOptions, run
+
+    run(DownloadOptions(repo_id, repo_type.value, revision, tuple(include or ()), tuple(exclude or ()), local_dir,
+                        endpoint, token_file, max_workers, dry_run))  # fmt: skip
