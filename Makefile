@@ -37,3 +37,18 @@ bench: install
 
 clean:
 	rm -rf runs/demo data/builtin .cache/llmtune
+
+# --- llmtune download tests: the olah Hub mirror, in its own venv (olah pins psutil 5.9.8 and pulls fastapi,
+# uvicorn...; none of that belongs in .venv). tests/hubmirror.py runs it from there, and installs it itself if absent.
+MIRROR_VENV ?= .venv-mirror
+OLAH        ?= olah==0.5.4
+
+.PHONY: mirror-env
+install: $(MIRROR_VENV)/.installed
+mirror-env: $(MIRROR_VENV)/.installed
+
+$(MIRROR_VENV)/.installed: Makefile
+	test -x $(MIRROR_VENV)/bin/python || $(PYTHON) -m venv $(MIRROR_VENV)
+	$(MIRROR_VENV)/bin/python -m pip install -q $(OLAH)
+	touch $@
+# --- end of the llmtune download block
