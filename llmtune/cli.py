@@ -141,6 +141,21 @@ def init_model_cmd(
     build(out, preset=preset, corpus=corpus, vocab_size=vocab_size, seed=seed, overwrite=overwrite)
 
 
+@app.command("tokenize")
+def tokenize(
+    recipe: Annotated[Path, typer.Option("--recipe", help="Recipe YAML file.", show_default=False)],
+    set_: SetOpt = None,
+    show: Annotated[
+        int, typer.Option("--show", metavar="N", min=0, help="Print N examples with the trained tokens marked.")
+    ] = 0,
+) -> None:
+    """Apply template, loss masks, truncation and packing; cache the result and print its statistics."""
+    from llmtune.data.report import tokenize_and_report
+    from llmtune.recipe import load_recipe
+
+    tokenize_and_report(load_recipe(recipe, set_), show)
+
+
 class RepoType(str, Enum):
     model = "model"
     dataset = "dataset"
