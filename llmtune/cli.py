@@ -141,6 +141,39 @@ def init_model_cmd(
     build(out, preset=preset, corpus=corpus, vocab_size=vocab_size, seed=seed, overwrite=overwrite)
 
 
+RecipeOpt = Annotated[Path, typer.Option("--recipe", help="Recipe YAML file.", show_default=False)]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the output dir's last checkpoint.")]
+
+
+def _train_command(command: str, recipe: Path, set_: list[str] | None, resume: bool) -> None:
+    """The body shared by the training commands: load, check the stage matches, run, print the summary."""
+    from llmtune import console
+    from llmtune.recipe import load_recipe
+    from llmtune.train import run
+
+    resolved = load_recipe(recipe, set_)
+    if resolved.stage != command:
+        raise UserError(f"recipe {recipe} has stage: {resolved.stage}; run llmtune {resolved.stage} --recipe {recipe}")
+    console.info(f"{command}: writing the run to {resolved.output.dir}")
+    result = run(resolved, resume=resume)
+    loss = f"{result.final_loss:.4f}" if result.final_loss is not None else "n/a"
+    evals = f", eval loss {result.eval_loss:.4f}" if result.eval_loss is not None else ""
+    done = f"done: {result.steps} steps in {result.runtime_s:.1f}s, final loss {loss}{evals}"
+    console.stdout().print(f"{done}; saved to {result.output_dir}")
+
+
+@app.command("sft")
+def sft(recipe: RecipeOpt, set_: SetOpt = None, resume: ResumeOpt = False) -> None:
+    """Supervised fine-tuning on chat or instruction data (full, freeze, lora or qlora)."""
+    _train_command("sft", recipe, set_, resume)
+
+
+@app.command("pt")
+def pt(recipe: RecipeOpt, set_: SetOpt = None, resume: ResumeOpt = False) -> None:
+    """Continued pretraining on plain text (every token trained, packed by default)."""
+    _train_command("pt", recipe, set_, resume)
+
+
 @app.command("tokenize")
 def tokenize(
     recipe: Annotated[Path, typer.Option("--recipe", help="Recipe YAML file.", show_default=False)],

@@ -1,0 +1,127 @@
+"""The run directory: refusing to mix runs, moving old contents aside safely, finding checkpoints to resume,
+and writing the resolved recipe next to the outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from llmtune import console
+from llmtune.errors import UserError
+from llmtune.schema import Recipe
+
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+LIBRARIES = ("llmtune", "torch", "transformers", "trl", "peft", "datasets", "accelerate", "bitsandbytes")
+
+
+def last_checkpoint(out: Path) -> Path | None:
+    """The highest complete checkpoint-N in `out` (complete: trainer_state.json, written last, is there)."""
+    if not out.is_dir():
+        return None
+    found = [
+        (int(m.group(1)), p)
+        for p in out.iterdir()
+        if (m := CHECKPOINT_RE.match(p.name)) and (p / "trainer_state.json").is_file()
+    ]
+    return max(found)[1] if found else None
+
+
+def check_output_dir(out: Path, overwrite: bool, resume: bool) -> Path | None:
+    """Refuse to mix runs: a non-empty dir needs overwrite or resume. Returns the checkpoint to resume from."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output.dir: {out} is a file, not a directory")
+    if resume:
+        checkpoint = last_checkpoint(out)
+        if checkpoint is None:
+            raise UserError(f"--resume: {out} has no checkpoint to resume from (checkpoint-N with trainer_state.json)")
+        return checkpoint
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise UserError(
+            f"output.dir: {out} is not empty; to replace it pass --set output.overwrite=true, "
+            "or to continue its last checkpoint pass --resume"
+        )
+    return None
+
+
+@contextmanager
+def output_guard(out: Path, replace: bool, is_main: bool = True) -> Iterator[None]:
+    """Move old contents aside while the new run trains; delete them after it succeeds, restore them if it fails."""
+    previous = None
+    if is_main and replace and out.is_dir() and any(out.iterdir()):
+        previous = out.with_name(f"{out.name}.previous-{time.strftime('%Y%m%d-%H%M%S')}")
+        out.rename(previous)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        if previous is not None:
+            shutil.rmtree(out, ignore_errors=True)
+            previous.rename(out)
+            console.warn(f"the run failed; the previous contents of {out} are restored")
+        elif created and is_main and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
+    if previous is not None:
+        shutil.rmtree(previous)
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in LIBRARIES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return found
+
+
+def _redacted(recipe: Recipe) -> Recipe:
+    """The recipe without secrets: credentials in a hub endpoint URL (https://user:token@host) are dropped."""
+    from urllib.parse import urlsplit
+
+    endpoint = recipe.hub.endpoint
+    parts = urlsplit(endpoint) if endpoint else None
+    if parts is None or "@" not in parts.netloc:
+        return recipe
+    clean = parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]).geturl()
+    return recipe.model_copy(update={"hub": recipe.hub.model_copy(update={"endpoint": clean})})
+
+
+def write_recipe(out: Path, recipe: Recipe, world_size: int) -> None:
+    """DIR/recipe.yaml: the resolved recipe (reloadable with load_recipe), with versions in a comment header."""
+    from llmtune.recipe import dump_recipe
+
+    versions = ", ".join(f"{k} {v}" for k, v in library_versions().items())
+    header = f"# written by llmtune at {time.strftime('%Y-%m-%d %H:%M:%S')}; world size {world_size}\n# {versions}\n"
+    path = out / "recipe.yaml"
+    body = dump_recipe(_redacted(recipe))
+    if path.is_file():
+        old = "".join(line for line in path.read_text().splitlines(True) if not line.startswith("#"))
+        if old != body:
+            console.warn(f"the recipe differs from the one this run started with ({path}); recording the new one")
+    path.write_text(header + body, encoding="utf-8")
+
+
+def truncate_metrics(path: Path, up_to_step: int) -> None:
+    """On resume, drop rows logged after the checkpoint: those steps run again."""
+    if not path.is_file():
+        return
+    rows = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = [line for line in rows if json.loads(line).get("step", 0) <= up_to_step]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def checkpoint_step(checkpoint: Path) -> int:
+    match = CHECKPOINT_RE.match(checkpoint.name)
+    if match is None:
+        raise ValueError(f"not a checkpoint directory: {checkpoint}")
+    return int(match.group(1))
