@@ -224,3 +224,203 @@ def download(
 
     run(DownloadOptions(repo_id, repo_type.value, revision, tuple(include or ()), tuple(exclude or ()), local_dir,
                         endpoint, token_file, max_workers, dry_run))  # fmt: skip
+
+
+ModelOpt = Annotated[
+    Optional[str],
+    typer.Option("--model", metavar="PATH_OR_ID", help="Model dir, run dir or Hub id (default: the adapter's base)."),
+]
+AdapterOpt = Annotated[
+    Optional[Path], typer.Option("--adapter", metavar="DIR", help="PEFT adapter dir (e.g. an SFT run) on the model.")
+]
+DtypeOpt = Annotated[
+    str, typer.Option("--dtype", metavar="auto|float32|bfloat16|float16", help="Weights dtype (auto: bf16 on GPU).")
+]
+EndpointOpt = Annotated[
+    Optional[str], typer.Option("--endpoint", metavar="URL", help="Hub or mirror URL (else HF_ENDPOINT, llmtune.yaml).")
+]
+MaxNewOpt = Annotated[int, typer.Option("--max-new-tokens", metavar="N", min=1, help="Tokens to generate at most.")]
+TempOpt = Annotated[
+    float, typer.Option("--temperature", metavar="T", min=0.0, help="0: greedy (or beam search); above 0: sampling.")
+]
+TopKOpt = Annotated[Optional[int], typer.Option("--top-k", metavar="K", help="Sample from the K likeliest tokens.")]
+TopPOpt = Annotated[Optional[float], typer.Option("--top-p", metavar="P", help="Sample from the nucleus of mass P.")]
+BeamsOpt = Annotated[int, typer.Option("--num-beams", metavar="N", min=1, help="Beam search with N beams.")]
+RepOpt = Annotated[float, typer.Option("--repetition-penalty", metavar="R", help="Above 1 discourages repeats.")]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", metavar="S", help="Seed for sampling (reproducible runs).")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", metavar="N", min=1, help="Examples per forward pass.")]
+
+
+def _model_args(model: Optional[str], adapter: Optional[Path]) -> tuple[Optional[str], Optional[str]]:
+    return model, str(adapter) if adapter is not None else None
+
+
+@app.command("eval")
+def eval_cmd(
+    model: ModelOpt = None,
+    adapter: AdapterOpt = None,
+    data: Annotated[Optional[str], typer.Option("--data", metavar="FILE", help="Eval data file (any format).")] = None,
+    recipe: Annotated[
+        Optional[Path], typer.Option("--recipe", metavar="R.yaml", help="Evaluate on this recipe's eval split.")
+    ] = None,
+    set_: SetOpt = None,
+    fmt: Annotated[Optional[str], typer.Option("--format", metavar="FMT", help="Row format of --data.")] = None,
+    compare: Annotated[
+        Optional[list[str]], typer.Option("--compare", metavar="SPEC", help="Another model/run/adapter (repeatable).")
+    ] = None,
+    reference: Annotated[
+        Optional[str], typer.Option("--reference", metavar="M", help="Reference model for the implicit DPO accuracy.")
+    ] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", metavar="FILE", help="Write the numbers as JSON.")] = None,
+    max_samples: Annotated[
+        Optional[int], typer.Option("--max-samples", metavar="N", min=1, help="Evaluate the first N rows.")
+    ] = None,
+    batch_size: BatchOpt = 8,
+    context: Annotated[
+        Optional[int],
+        typer.Option("--context", metavar="N", min=2, help="Text perplexity window (default: model max, <= 2048)."),
+    ] = None,
+    generate: Annotated[bool, typer.Option(help="Generate answers for chat data (exact match, ROUGE-L).")] = True,
+    max_new_tokens: MaxNewOpt = 64,
+    dtype: DtypeOpt = "auto",
+    endpoint: EndpointOpt = None,
+) -> None:
+    """Perplexity, bits per byte, generation, reward and DPO metrics of one or more models, in one table."""
+    from llmtune import console
+    from llmtune import eval_job as job
+    from llmtune.generation import DecodeOptions
+    from llmtune.recipe import load_recipe
+
+    if (data is None) == (recipe is None):
+        raise UserError("give exactly one of --data FILE or --recipe R.yaml (its eval split)")
+    resolved = load_recipe(recipe, set_) if recipe else None
+    if resolved is not None:
+        rows = job.recipe_eval_data(resolved, max_samples)
+    else:
+        rows = job.read_eval_file(data, fmt, max_samples, endpoint)
+    specs = job.plan_specs(*_model_args(model, adapter), list(compare or []), resolved)
+    decode = DecodeOptions(max_new_tokens=max_new_tokens)
+    options = job.EvalOptions(batch_size, context, generate, decode, dtype, endpoint)
+    results = job.run_eval(specs, rows, options, reference)
+    console.stdout().print(job.results_table(results, f"{rows.label} ({len(rows.rows)} {rows.kind} rows)"))
+    if out is not None:
+        job.write_results(out, rows, results)
+        console.info(f"wrote {out}", markup=False)
+
+
+@app.command("generate")
+def generate_cmd(
+    prompt: Annotated[
+        Optional[list[str]], typer.Argument(metavar="[PROMPT]...", help="Prompts.", show_default=False)
+    ] = None,
+    model: ModelOpt = None,
+    adapter: AdapterOpt = None,
+    prompts: Annotated[
+        Optional[Path], typer.Option("--prompts", metavar="FILE", help="Prompt file: .txt lines or .jsonl rows.")
+    ] = None,
+    raw: Annotated[bool, typer.Option("--raw", help="Plain-text prompts, no chat template.")] = False,
+    out: Annotated[Optional[Path], typer.Option("--out", metavar="FILE", help="Write JSONL results here.")] = None,
+    max_new_tokens: MaxNewOpt = 256,
+    temperature: TempOpt = 0.0,
+    top_k: TopKOpt = None,
+    top_p: TopPOpt = None,
+    num_beams: BeamsOpt = 1,
+    repetition_penalty: RepOpt = 1.0,
+    num_return_sequences: Annotated[int, typer.Option("--num-return-sequences", metavar="N", min=1)] = 1,
+    seed: SeedOpt = None,
+    batch_size: BatchOpt = 16,
+    dtype: DtypeOpt = "auto",
+    endpoint: EndpointOpt = None,
+) -> None:
+    """Generate completions for prompts (arguments or a file), batched, greedy / beam search / sampling."""
+    from llmtune.generation import DecodeOptions, generate, read_prompts, write_generations
+    from llmtune.inference import load_for_inference
+
+    texts = list(prompt or []) + (read_prompts(prompts) if prompts else [])
+    if not texts:
+        raise UserError("no prompts: pass them as arguments or with --prompts FILE")
+    options = DecodeOptions(max_new_tokens, temperature, top_k, top_p, num_beams, repetition_penalty,
+                            num_return_sequences, seed)  # fmt: skip
+    options.check()
+    loaded = load_for_inference(*_model_args(model, adapter), dtype=dtype, endpoint=endpoint)
+    outputs = generate(loaded.model, loaded.tokenizer, texts, options, chat=not raw, batch_size=batch_size)
+    write_generations(texts, outputs, out)
+
+
+@app.command("chat")
+def chat_cmd(
+    model: ModelOpt = None,
+    adapter: AdapterOpt = None,
+    system: Annotated[Optional[str], typer.Option("--system", metavar="TEXT", help="System message.")] = None,
+    max_new_tokens: MaxNewOpt = 256,
+    temperature: TempOpt = 0.0,
+    top_k: TopKOpt = None,
+    top_p: TopPOpt = None,
+    num_beams: BeamsOpt = 1,
+    repetition_penalty: RepOpt = 1.0,
+    seed: SeedOpt = None,
+    dtype: DtypeOpt = "auto",
+    endpoint: EndpointOpt = None,
+) -> None:
+    """Talk to a model with its chat template, answers streamed; /reset starts over, /exit quits."""
+    from llmtune.generation import DecodeOptions, chat_loop
+    from llmtune.inference import load_for_inference
+
+    options = DecodeOptions(max_new_tokens, temperature, top_k, top_p, num_beams, repetition_penalty, 1, seed)
+    options.check()
+    loaded = load_for_inference(*_model_args(model, adapter), dtype=dtype, endpoint=endpoint)
+    chat_loop(loaded.model, loaded.tokenizer, options, system=system)
+
+
+@app.command("export")
+def export_cmd(
+    out: Annotated[
+        Path, typer.Option("--out", metavar="DIR", help="Directory for the merged model.", show_default=False)
+    ],
+    model: ModelOpt = None,
+    adapter: AdapterOpt = None,
+    max_shard_size: Annotated[str, typer.Option("--max-shard-size", metavar="SIZE", help="Shard above this.")] = "5GB",
+    dtype: Annotated[
+        str, typer.Option("--dtype", metavar="checkpoint|float32|bfloat16|float16", help="Saved dtype.")
+    ] = "checkpoint",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --out.")] = False,
+    eval_json: Annotated[
+        Optional[list[Path]],
+        typer.Option("--eval-json", metavar="FILE", help="JSON from `llmtune eval --out` for the model card."),
+    ] = None,
+    push: Annotated[Optional[str], typer.Option("--push", metavar="REPO", help="Upload to this Hub repo.")] = None,
+    private: Annotated[bool, typer.Option("--private", help="Create the pushed repo private.")] = False,
+    endpoint: EndpointOpt = None,
+) -> None:
+    """Merge a LoRA/DoRA adapter into its base (a QLoRA base dequantized) and save a standalone model with a card."""
+    from llmtune.export import export
+
+    export(*_model_args(model, adapter), out, max_shard_size=max_shard_size, overwrite=overwrite, dtype=dtype,
+           endpoint=endpoint, eval_json=eval_json, push=push, private=private)  # fmt: skip
+
+
+class PlanDevice(str, Enum):
+    gpu = "gpu"
+    cpu = "cpu"
+
+
+@app.command("plan")
+def plan_cmd(
+    recipe: RecipeOpt,
+    set_: SetOpt = None,
+    gpu_memory: Annotated[
+        Optional[str], typer.Option("--gpu-memory", metavar="SIZE", help="Memory per device to fit in, e.g. 24GiB.")
+    ] = None,
+    nproc: Annotated[
+        Optional[int], typer.Option("--nproc", metavar="N", min=1, help="Processes (GPUs); default train.nproc.")
+    ] = None,
+    device: Annotated[PlanDevice, typer.Option("--device", help="Estimate for a GPU or a CPU run.")] = PlanDevice.gpu,
+) -> None:
+    """Count parameters and estimate peak memory per device from config.json alone (no weights downloaded)."""
+    from llmtune.plan import parse_memory
+    from llmtune.plan_report import make_plan, render
+    from llmtune.recipe import load_recipe
+
+    budget = parse_memory(gpu_memory) if gpu_memory else None
+    resolved = load_recipe(recipe, set_)
+    render(make_plan(resolved, device.value, nproc, budget), resolved)

@@ -1,0 +1,209 @@
+"""`llmtune eval` as a job: read the eval data (a file or a recipe's eval split), evaluate one or several models on
+it one at a time, print one table with a column per model and write the numbers as JSON.
+
+Which numbers depends on the rows: text -> perplexity, bits per char/byte; chat -> perplexity on the trained tokens
+and generation metrics (exact match, ROUGE-L) on the last assistant turn; preference pairs -> reward accuracy and
+margin (a reward model) or log-prob and implicit DPO accuracy (a policy, against its base or --reference).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from llmtune import console
+from llmtune.errors import UserError
+from llmtune.generation import DecodeOptions
+from llmtune.inference import Loaded, load_for_inference
+
+if TYPE_CHECKING:
+    from llmtune.schema import Recipe
+
+Row = dict[str, Any]
+MAX_DEFAULT_CONTEXT = 2048
+
+
+@dataclass
+class EvalData:
+    """Canonical rows of one kind (text, chat or preference) and how to name them."""
+
+    kind: str
+    rows: list[Row]
+    label: str
+    loss_on: str = "all_assistant"
+    max_length: int | None = None
+
+
+@dataclass
+class EvalOptions:
+    batch_size: int = 8
+    context: int | None = None
+    generate: bool = True
+    decode: DecodeOptions = field(default_factory=lambda: DecodeOptions(max_new_tokens=64))
+    dtype: str = "auto"
+    endpoint: str | None = None
+
+
+@dataclass
+class Result:
+    label: str
+    metrics: dict[str, float]
+    generations: list[str] = field(default_factory=list)
+
+
+def _with_answer(raw: Any) -> Any:
+    """Eval rows {"messages": [..., user], "answer": A} (the built-in eval files) become a conversation ending in A."""
+    if isinstance(raw, dict) and isinstance(raw.get("messages"), list) and isinstance(raw.get("answer"), str):
+        messages = raw["messages"]
+        if messages and isinstance(messages[-1], dict) and messages[-1].get("role") == "user":
+            return {"messages": [*messages, {"role": "assistant", "content": raw["answer"]}]}
+    return raw
+
+
+def read_eval_file(
+    path: str, fmt: str | None = None, max_samples: int | None = None, endpoint: str | None = None
+) -> EvalData:
+    """The first `max_samples` rows of a data file in any supported format, converted to canonical rows."""
+    from llmtune.data.formats import KIND_OF_FORMAT, RowError, convert, detect_format
+    from llmtune.data.readers import read_raw, resolve_path
+
+    rows: list[Row] = []
+    for where, raw in read_raw(resolve_path(path, "main", endpoint), path, "train", None):
+        try:
+            if isinstance(raw, RowError):
+                raise raw
+            raw = _with_answer(raw)
+            fmt = fmt or detect_format(raw)
+            rows.extend({**row, "origin": where} for row in convert(fmt, raw))
+        except RowError as exc:
+            raise UserError(f"{where}: {exc}") from None
+        if max_samples is not None and len(rows) >= max_samples:
+            break
+    if not rows:
+        raise UserError(f"--data {path}: no rows")
+    return EvalData(KIND_OF_FORMAT[fmt], rows[:max_samples], path)
+
+
+def recipe_eval_data(recipe: Recipe, max_samples: int | None = None) -> EvalData:
+    """The recipe's eval split (its eval sources, or eval_ratio of the training rows), read as training reads it."""
+    from llmtune.data.load import read_splits, stage_kind
+
+    splits = read_splits(recipe)
+    if not splits.eval:
+        raise UserError("the recipe has no eval data: add data.eval sources or set data.eval_ratio, or pass --data")
+    rows = splits.eval[:max_samples]
+    return EvalData(stage_kind(recipe.stage), rows, "recipe eval split", recipe.data.loss_on, recipe.data.max_length)
+
+
+def _context(loaded: Loaded, wanted: int | None) -> int:
+    limit = getattr(loaded.model.config.get_text_config(), "max_position_embeddings", None) or MAX_DEFAULT_CONTEXT
+    if wanted is not None and wanted > limit:
+        raise UserError(f"--context {wanted} exceeds the model's {limit} positions")
+    return wanted or min(limit, MAX_DEFAULT_CONTEXT)
+
+
+def evaluate_loaded(loaded: Loaded, data: EvalData, options: EvalOptions, reference: Loaded | None = None) -> Result:
+    """Every metric that fits the data and the model's head."""
+    from llmtune import evaluation as ev
+
+    model, tok, bs = loaded.model, loaded.tokenizer, options.batch_size
+    if data.kind == "text":
+        texts = [row["text"] for row in data.rows]
+        return Result(
+            loaded.label,
+            ev.text_perplexity(model, tok, texts, context=_context(loaded, options.context), batch_size=bs),
+        )
+    if data.kind == "preference":
+        if loaded.head == "sequence_classification":
+            return Result(loaded.label, ev.reward_metrics(model, tok, data.rows, bs))
+        ref_model = reference.model if reference is not None else None
+        is_base = reference is None and loaded.adapter is not None
+        return Result(
+            loaded.label,
+            ev.preference_metrics(model, tok, data.rows, reference=ref_model, reference_is_base=is_base, batch_size=bs),
+        )
+    if loaded.head == "sequence_classification":
+        raise UserError(f"{loaded.label} is a reward model; evaluate it on preference pairs (chosen/rejected rows)")
+    metrics = ev.chat_perplexity(model, tok, data.rows, loss_on=data.loss_on, max_length=data.max_length, batch_size=bs)
+    chats = [row for row in data.rows if row.get("messages")]
+    generations: list[str] = []
+    if options.generate and chats:
+        found, generations = ev.generation_metrics(model, tok, chats, options.decode, batch_size=max(bs, 16))
+        metrics.update(found)
+    return Result(loaded.label, metrics, generations)
+
+
+def _free(loaded: Loaded | None) -> None:
+    if loaded is None:
+        return
+    del loaded.model
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def run_eval(
+    specs: list[tuple[str | None, str | None]], data: EvalData, options: EvalOptions, reference: str | None = None
+) -> list[Result]:
+    """Evaluate each (model, adapter) spec in turn, loading one model (plus the reference) at a time."""
+    ref = load_for_inference(reference, dtype=options.dtype, endpoint=options.endpoint) if reference else None
+    results = []
+    try:
+        for model, adapter in specs:
+            loaded = load_for_inference(model, adapter, dtype=options.dtype, endpoint=options.endpoint)
+            console.info(f"evaluating {loaded.label} on {data.label} ({len(data.rows)} {data.kind} rows)", markup=False)
+            try:
+                results.append(evaluate_loaded(loaded, data, options, ref))
+            finally:
+                _free(loaded)
+    finally:
+        _free(ref)
+    return results
+
+
+def results_table(results: list[Result], title: str) -> Any:
+    """A rich table: one row per metric, one column per model."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("metric")
+    for result in results:
+        table.add_column(result.label, justify="right")
+    names = list(dict.fromkeys(name for result in results for name in result.metrics))
+    for name in names:
+        cells = [result.metrics.get(name) for result in results]
+        table.add_row(name, *("-" if v is None else f"{v:,}" if isinstance(v, int) else f"{v:.4f}" for v in cells))
+    return table
+
+
+def write_results(path: Path, data: EvalData, results: list[Result]) -> None:
+    """JSON: {"data", "kind", "rows", "models": [{"label", "metrics", "generations"}]} (read by `llmtune export`)."""
+    payload = {
+        "data": data.label,
+        "kind": data.kind,
+        "rows": len(data.rows),
+        "models": [{"label": r.label, "metrics": r.metrics, "generations": r.generations} for r in results],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def plan_specs(
+    model: str | None, adapter: str | None, compare: list[str], recipe: Recipe | None
+) -> list[tuple[str | None, str | None]]:
+    """The models to evaluate, in column order: --model/--adapter first, then each --compare; with only a recipe,
+    the run it trained (output.dir)."""
+    specs: list[tuple[str | None, str | None]] = [(model, adapter)] if model or adapter else []
+    specs += [(spec, None) for spec in compare]
+    if not specs and recipe is not None:
+        if not Path(recipe.output.dir).is_dir():
+            raise UserError(f"the recipe's run {recipe.output.dir} does not exist yet; train it or pass --model")
+        specs = [(recipe.output.dir, None)]
+    if not specs:
+        raise UserError("nothing to evaluate: pass --model and/or --adapter, or --compare SPEC (repeatable)")
+    return specs
