@@ -314,3 +314,30 @@ def test_system_prompt_is_added_where_missing(tmp_path: Path) -> None:
     rows = canonical(load_rows([DataSource(path=str(path))], system_prompt="Be kind."))
     firsts = sorted(r["messages"][0]["content"] for r in rows)
     assert firsts == ["Be brief.", "Be kind."]
+
+
+def test_a_folder_of_data_files_is_read_by_split_like_a_hub_snapshot(tmp_path: Path) -> None:
+    snapshot = tmp_path / "owner--name"
+    (snapshot / "data").mkdir(parents=True)
+    write_rows(snapshot / "data" / "train.jsonl", [{"text": "a"}, {"text": "b"}])
+    write_rows(snapshot / "data" / "test.jsonl", [{"text": "c"}])
+    (snapshot / "README.md").write_text("# a dataset\n", encoding="utf-8")
+    train = read_rows([DataSource(path=str(snapshot))], kind="text").train
+    assert sorted((r["text"], r["origin"]) for r in train) == [
+        ("a", f"{snapshot}/data/train.jsonl:1"),
+        ("b", f"{snapshot}/data/train.jsonl:2"),
+    ]
+    test = read_rows([DataSource(path=str(snapshot), split="test")], kind="text").train
+    assert [r["text"] for r in test] == ["c"]
+    with pytest.raises(UserError, match=r"no split 'validation' \(splits: train, test\)"):
+        read_rows([DataSource(path=str(snapshot), split="validation")], kind="text")
+
+
+def test_a_saved_dataset_dict_is_read_by_split(tmp_path: Path) -> None:
+    import datasets
+
+    path = tmp_path / "saved"
+    splits = {"train": [{"text": "a"}], "validation": [{"text": "v"}]}
+    datasets.DatasetDict({k: datasets.Dataset.from_list(v) for k, v in splits.items()}).save_to_disk(str(path))
+    rows = read_rows([DataSource(path=str(path), split="validation")], kind="text").train
+    assert [(r["text"], r["origin"]) for r in rows] == [("v", f"{path}: row 1")]

@@ -214,6 +214,39 @@ def test_packed_rows_do_not_attend_across_examples(tmp_path, tiny_recipe, tiny_m
     torch.testing.assert_close(logits, torch.cat(alone), rtol=1e-4, atol=1e-5)
 
 
+def test_packed_rows_collator_keeps_rows_apart_without_leaks(tiny_recipe, tiny_model_dir, chatml_tokenizer) -> None:
+    """The batch-keeping collator (the faster one with sdpa) gives every example its solo logits, and the same loss
+    as TRL's padding-free batch of the same rows."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    from llmtune.data.collate import PackedRowsCollator
+    from llmtune.recipe import load_recipe
+
+    packed = prepare(load_recipe(tiny_recipe(data={"packing": True, "max_length": 128})), chatml_tokenizer).train
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    rows = (
+        sorted(packed, key=lambda row: len(row["input_ids"]))[:1]
+        + sorted(packed, key=lambda row: len(row["seq_lengths"]))[-2:]
+    )
+    assert len({len(row["input_ids"]) for row in rows}) > 1  # right padding is exercised
+    batch = PackedRowsCollator(pad_token_id=chatml_tokenizer.pad_token_id)(rows)
+    flat = DataCollatorForLanguageModeling(pad_token_id=chatml_tokenizer.pad_token_id, padding_free=True)(rows)
+    with torch.no_grad():
+        out = model(**batch, use_cache=False)
+        reference = model(
+            input_ids=flat["input_ids"], position_ids=flat["position_ids"], labels=flat["labels"], use_cache=False
+        )
+        for i, row in enumerate(rows):
+            start = 0
+            for length in row["seq_lengths"]:
+                alone = model(input_ids=torch.tensor([row["input_ids"][start : start + length]])).logits[0]
+                torch.testing.assert_close(out.logits[i, start : start + length], alone, rtol=1e-4, atol=1e-5)
+                start += length
+    torch.testing.assert_close(out.loss, reference.loss)
+
+
 def _mtimes(path: Path) -> dict[str, int]:
     return {str(p): p.stat().st_mtime_ns for p in path.rglob("*") if p.is_file()}
 

@@ -1,9 +1,9 @@
 """The tokenized-data cache: one directory per key, the key a hash of everything that changes the result.
 
-Key inputs: llmtune's version, this cache's format, the stage, every source (its fields and its files' contents,
-or size and mtime for files over HASH_LIMIT), the data block except cache_dir, the resolved packing, the seed,
-the tokenizer (its full serialization and special tokens) and the chat template text. A cache is written into a
-temporary directory and renamed into place, so a killed run never leaves a half-written cache behind.
+Key inputs: llmtune's version, this cache's format, the stage, every source (its fields, and its file's content
+or, for a file over HASH_LIMIT or the files of a directory, size and mtime), the data block except cache_dir, the
+resolved packing, the seed, the tokenizer (its full serialization and special tokens) and the chat template text.
+A cache is written into a temporary directory and renamed into place, so a killed run never leaves half a cache.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ HASH_LIMIT = 64 * 1024 * 1024
 STATS_FILE = "stats.json"
 
 
-def _file_fingerprint(path: Path) -> str:
+def _file_fingerprint(path: Path, hash_limit: int = HASH_LIMIT) -> str:
     stat = path.stat()
-    if stat.st_size > HASH_LIMIT:
+    if stat.st_size > hash_limit:
         return f"size={stat.st_size},mtime={stat.st_mtime_ns}"
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -40,11 +40,12 @@ def _file_fingerprint(path: Path) -> str:
 
 
 def path_fingerprint(path: Path) -> dict[str, str]:
-    """Relative file name -> content hash (or size and mtime) for a file or every file under a directory."""
+    """A file's content hash (size and mtime over HASH_LIMIT); size and mtime of each file under a directory
+    (dataset directories and Hub snapshots can hold gigabytes, and are replaced rather than edited)."""
     if path.is_file():
         return {path.name: _file_fingerprint(path)}
     files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
-    return {str(p.relative_to(path)): _file_fingerprint(p) for p in files}
+    return {str(p.relative_to(path)): _file_fingerprint(p, hash_limit=-1) for p in files}
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:

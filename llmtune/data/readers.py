@@ -102,23 +102,42 @@ def _read_dataset(dataset: Any, label: str) -> Raw:
         yield f"{label}: row {i}", row
 
 
-def _load_directory(path: Path, split: str, subset: str | None, label: str) -> Any:
-    """A `save_to_disk` directory, or a folder of data files (a Hub dataset snapshot) read by `load_dataset`."""
+def _split_files(path: Path, split: str, subset: str | None, label: str) -> list[Path]:
+    """The data files of one split of a folder of files (a Hub dataset snapshot), as `datasets` lays splits out."""
     import datasets
 
-    if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
+    level = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity_error()  # a snapshot without a dataset card is fine; don't say so
+    try:
+        builder = datasets.load_dataset_builder(str(path), name=subset)
+    except (ValueError, FileNotFoundError) as exc:
+        raise UserError(f"{label}: cannot find data files{f' of subset {subset!r}' if subset else ''}: {exc}") from None
+    finally:
+        datasets.logging.set_verbosity(level)
+    files = dict(builder.config.data_files or {})
+    if split not in files:
+        raise UserError(f"{label}: no split {split!r} (splits: {', '.join(map(str, files)) or 'none'}); set split")
+    return [Path(f) for f in files[split]]
+
+
+def _read_directory(path: Path, split: str, subset: str | None, label: str) -> Raw:
+    """A `save_to_disk` directory, or a folder of data files read file by file (rows located in their own file)."""
+    import datasets
+
+    if (path / "state.json").exists() or (path / "dataset_dict.json").exists():
         loaded = datasets.load_from_disk(str(path))
         if isinstance(loaded, datasets.DatasetDict):
             if split not in loaded:
                 raise UserError(f"{label}: no split {split!r} (splits: {', '.join(loaded)}); set split on the source")
-            return loaded[split]
-        return loaded
-    try:
-        return datasets.load_dataset(str(path), name=subset, split=split)
-    except ValueError as exc:
-        raise UserError(f"{label}: cannot read split {split!r}{f' of {subset!r}' if subset else ''}: {exc}") from None
-    except FileNotFoundError as exc:
-        raise UserError(f"{label}: no data files found ({exc})") from None
+            loaded = loaded[split]
+        yield from _read_dataset(loaded, label)
+        return
+    files = _split_files(path, split, subset, label)
+    if any(f.suffix.lower() not in READERS for f in files):
+        yield from _read_dataset(datasets.load_dataset(str(path), name=subset, split=split), label)
+        return
+    for file in files:
+        yield from READERS[file.suffix.lower()](file, f"{label}/{file.relative_to(path)}")
 
 
 READERS: dict[str, Callable[[Path, str], Raw]] = {
@@ -147,7 +166,7 @@ def resolve_path(path: str, revision: str, endpoint: str | None) -> Path:
 def read_raw(local: Path, label: str, split: str, subset: str | None) -> Raw:
     """Rows of a file by its suffix, or of a dataset directory."""
     if local.is_dir():
-        return _read_dataset(_load_directory(local, split, subset, label), label)
+        return _guard_decode(_read_directory(local, split, subset, label), label)
     reader = READERS.get(local.suffix.lower())
     if reader is None:
         raise UserError(f"{label}: unsupported file type {local.suffix!r} (use {', '.join(READERS)} or a directory)")
