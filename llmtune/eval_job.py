@@ -70,6 +70,8 @@ def read_eval_file(
     from llmtune.data.formats import KIND_OF_FORMAT, RowError, convert, detect_format
     from llmtune.data.readers import read_raw, resolve_path
 
+    if fmt is not None and fmt not in KIND_OF_FORMAT:
+        raise UserError(f"--format {fmt!r} is not a row format; choose one of {', '.join(KIND_OF_FORMAT)}")
     rows: list[Row] = []
     for where, raw in read_raw(resolve_path(path, "main", endpoint), path, "train", None):
         try:
@@ -127,7 +129,8 @@ def evaluate_loaded(loaded: Loaded, data: EvalData, options: EvalOptions, refere
         )
     if loaded.head == "sequence_classification":
         raise UserError(f"{loaded.label} is a reward model; evaluate it on preference pairs (chosen/rejected rows)")
-    metrics = ev.chat_perplexity(model, tok, data.rows, loss_on=data.loss_on, max_length=data.max_length, batch_size=bs)
+    max_length = data.max_length or _context(loaded, None)
+    metrics = ev.chat_perplexity(model, tok, data.rows, loss_on=data.loss_on, max_length=max_length, batch_size=bs)
     chats = [row for row in data.rows if row.get("messages")]
     generations: list[str] = []
     if options.generate and chats:

@@ -99,15 +99,19 @@ def build_generation_config(
     return config
 
 
+def require_chat_template(tokenizer: PreTrainedTokenizerBase) -> None:
+    if not tokenizer.chat_template:
+        raise UserError(
+            f"the tokenizer of {tokenizer.name_or_path} has no chat template; pass --raw to generate from plain text"
+        )
+
+
 def render_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Prompt], chat: bool) -> list[str]:
     """Prompt texts: with `chat`, a string is one user turn and a message list is rendered with the template
     and the generation prompt; without it strings are used raw."""
     if not chat:
         return [p if isinstance(p, str) else "\n".join(m["content"] for m in p) for p in prompts]
-    if not tokenizer.chat_template:
-        raise UserError(
-            f"the tokenizer of {tokenizer.name_or_path} has no chat template; pass --raw to generate from plain text"
-        )
+    require_chat_template(tokenizer)
     conversations = [[{"role": "user", "content": p}] if isinstance(p, str) else p for p in prompts]
     return [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
 
@@ -209,7 +213,7 @@ def chat_loop(
     Streams default to sys.stdin / sys.stdout at call time. Returns the final conversation (after the last /reset)."""
     input_stream = input_stream or sys.stdin
     output_stream = output_stream or sys.stdout
-    render_prompts(tokenizer, ["check"], chat=True)
+    require_chat_template(tokenizer)
     config = build_generation_config(model, tokenizer, replace(options, num_return_sequences=1))
     if options.seed is not None:
         from transformers import set_seed
