@@ -145,7 +145,8 @@ def end_of_turn_ids(tokenizer: Any, template: str) -> list[int]:
     conv = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": answer}]
     texts, spans = ChatRenderer(template, tokenizer).spans([conv], "last_assistant", ["eos check"])
     (start, end), text = spans[0][0], texts[0]
-    content_end = text.index(answer, start) + len(answer)
+    found = text.find(answer, start)
+    content_end = found + len(answer) if found >= 0 else start
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     return [
         tok
