@@ -126,6 +126,7 @@ def encode(
     loss_on: str,
     max_length: int | None,
     bad_rows: str,
+    split: str = "train",
 ) -> Encoded:
     """Tokenize canonical chat/text rows; `max_length` None keeps long examples whole (pt packing splits them)."""
     out = Encoded()
@@ -141,10 +142,10 @@ def encode(
             ids, labels = pieces[id(row)]
             _fit(out, row, ids, labels, max_length, bad_rows)
     if out.truncated:
-        console.info(f"{out.truncated} examples were longer than data.max_length={max_length} and were truncated")
+        console.info(f"{split}: truncated {out.truncated} of {len(rows)} examples to data.max_length={max_length}")
     if out.dropped:
         console.warn(
-            f"skipped {out.dropped} examples with nothing to train on within data.max_length={max_length} "
+            f"{split}: skipped {out.dropped} examples with nothing to train on within data.max_length={max_length} "
             "(data.bad_rows: skip)"
         )
     return out
@@ -215,7 +216,7 @@ def prepare(recipe: Recipe, tokenizer: Any, *, model_dir: Path | None = None) ->
         train = to_dataset(encoded, pack=pack, max_length=recipe.data.max_length)
         evals = None
         if splits.eval:
-            encoded_eval = encode(splits.eval, tokenizer, renderer, **options)
+            encoded_eval = encode(splits.eval, tokenizer, renderer, split="eval", **options)
             evals = (
                 to_dataset(encoded_eval, pack=pack, max_length=recipe.data.max_length)
                 if encoded_eval.input_ids
