@@ -1,0 +1,104 @@
+"""Multi-process settings as the memory estimate sees them: read an accelerate config into a Sharding.
+
+`llmtune plan` uses it to divide weights, gradients and optimizer states over the processes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from llmtune.errors import UserError
+
+ShardKind = Literal["none", "ddp", "zero1", "zero2", "zero3", "fsdp"]
+
+
+@dataclass(frozen=True)
+class Sharding:
+    """How a multi-process run splits its state: what is divided over `nproc` and what lives on the CPU."""
+
+    kind: ShardKind = "none"
+    nproc: int = 1
+    offload_optimizer: bool = False
+    offload_params: bool = False
+
+    @property
+    def label(self) -> str:
+        names = {"none": "single process", "ddp": "DDP", "zero1": "ZeRO-1", "zero2": "ZeRO-2", "zero3": "ZeRO-3"}
+        name = names.get(self.kind, "FSDP2 full shard")
+        offload = [w for w, on in (("optimizer", self.offload_optimizer), ("params", self.offload_params)) if on]
+        suffix = f" + CPU offload of {' and '.join(offload)}" if offload else ""
+        return f"{name}{suffix}" + (f" over {self.nproc} processes" if self.nproc > 1 else "")
+
+    @property
+    def deepspeed(self) -> bool:
+        return self.kind in ("zero1", "zero2", "zero3")
+
+    @property
+    def shards_states(self) -> bool:
+        """Optimizer states (and fp32 master weights) divided over processes."""
+        return self.kind in ("zero1", "zero2", "zero3", "fsdp")
+
+    @property
+    def shards_grads(self) -> bool:
+        return self.kind in ("zero2", "zero3", "fsdp")
+
+    @property
+    def shards_weights(self) -> bool:
+        return self.kind in ("zero3", "fsdp")
+
+
+def read_accelerate_config(path: str | Path) -> dict[str, Any]:
+    """The accelerate config file as a mapping; a missing or malformed file is a UserError naming the key."""
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"train.accelerate_config: {file} not found (see recipes/accelerate/ for shipped configs)")
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise UserError(f"train.accelerate_config: {file} is not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"train.accelerate_config: {file} must be a mapping of accelerate settings")
+    return data
+
+
+def _deepspeed_stage(config: dict[str, Any], origin: Path) -> tuple[int, bool, bool]:
+    ds = config.get("deepspeed_config") or {}
+    ds_file = ds.get("deepspeed_config_file")
+    if ds_file:
+        import json
+
+        ds_path = (origin.parent / ds_file) if not Path(ds_file).is_absolute() else Path(ds_file)
+        try:
+            zero = json.loads(ds_path.read_text(encoding="utf-8")).get("zero_optimization", {})
+        except (OSError, ValueError) as exc:
+            raise UserError(f"train.accelerate_config: cannot read deepspeed_config_file {ds_path} ({exc})") from None
+        off_opt = (zero.get("offload_optimizer") or {}).get("device", "none")
+        off_par = (zero.get("offload_param") or {}).get("device", "none")
+        return int(zero.get("stage", 0)), off_opt not in ("none", None), off_par not in ("none", None)
+    stage = int(ds.get("zero_stage", 0))
+    return stage, ds.get("offload_optimizer_device", "none") != "none", ds.get("offload_param_device", "none") != "none"
+
+
+def sharding_from_config(path: str | Path | None, nproc: int) -> Sharding:
+    """Sharding of a run with `nproc` processes and an optional accelerate config (none: plain DDP)."""
+    if path is None:
+        return Sharding("ddp" if nproc > 1 else "none", nproc)
+    config = read_accelerate_config(path)
+    kind = str(config.get("distributed_type", "NO")).upper()
+    if kind == "DEEPSPEED":
+        stage, off_opt, off_par = _deepspeed_stage(config, Path(path))
+        names: dict[int, ShardKind] = {0: "ddp", 1: "zero1", 2: "zero2", 3: "zero3"}
+        if stage not in names:
+            raise UserError(f"train.accelerate_config: {path}: zero_stage must be 0, 1, 2 or 3 (got {stage})")
+        return Sharding(names[stage], nproc, off_opt, off_par and stage == 3)
+    if kind == "FSDP":
+        fsdp = config.get("fsdp_config") or {}
+        offload = bool(fsdp.get("fsdp_offload_params", False))
+        if not fsdp.get("fsdp_reshard_after_forward", True):
+            return Sharding("zero2", nproc, offload, False)
+        return Sharding("fsdp", nproc, offload, offload)
+    return Sharding("ddp" if nproc > 1 else "none", nproc)

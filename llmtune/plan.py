@@ -1,0 +1,292 @@
+"""`llmtune plan`: parameter counts and a per-device peak-memory estimate, from a recipe and config.json alone.
+
+No weights are read: the model is built on the `meta` device to count parameters exactly and to find what LoRA
+would wrap. Every assumption of the memory model is written down in docs/plan.md; tests/test_plan.py checks it
+against the measured peak of real training steps on CPU.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from llmtune.distributed import Sharding, sharding_from_config
+from llmtune.errors import UserError
+from llmtune.schema import Recipe
+
+Device = Literal["gpu", "cpu"]
+GIB = 1024**3
+NF4_BITS = {True: 4 + 8 / 64 + 32 / (64 * 256), False: 4 + 32 / 64}  # by double_quant: 4.127 / 4.5 bits
+FUSED_TOKENS_PER_TILE = 4096  # trl.kernels.chunked_logprob.TOKEN_CHUNK_SIZE
+FUSED_VOCAB_PER_TILE = 32768  # trl.trainer.utils._CHUNKED_LOGPROB_CHUNK_SIZE
+CPU_HEAD_TEMPS = 7  # fp32 tile-sized temporaries alive at once in TRL's torch fallback of the fused head backward
+CUDA_CONTEXT = GIB // 2
+ALLOCATOR_SLACK = 0.05
+LORA_INPUT_GROUPS = {
+    "q_proj": "attn_in", "k_proj": "attn_in", "v_proj": "attn_in", "qkv_proj": "attn_in",
+    "query_key_value": "attn_in", "o_proj": "attn_out", "gate_proj": "mlp_in", "up_proj": "mlp_in",
+    "gate_up_proj": "mlp_in", "w1": "mlp_in", "w3": "mlp_in", "down_proj": "mlp_mid", "w2": "mlp_mid",
+}  # fmt: skip
+EIGHT_BIT = ("adamw_8bit", "paged_adamw_8bit", "adamw_bnb_8bit")
+FP32_STATES = ("paged_adamw_32bit", "adamw_bnb_32bit", "paged_adamw")
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the estimate needs to know about the model: shapes from config.json, counts from a meta build."""
+
+    model_type: str
+    vocab: int
+    hidden: int
+    layers: int
+    q_dim: int
+    kv_dim: int
+    intermediate: int
+    gated_mlp: bool
+    total_params: int
+    quantizable_params: int
+    head_params: int
+    largest_layer_params: int
+    closed_form: int | None
+    rule_of_thumb: int
+    freeze_trainable: int
+    adapter_params: int
+    lora_copies: int
+    lora_targets: tuple[tuple[str, int], ...]
+    lora_rank: int
+
+    def trainable(self, kind: str) -> int:
+        """Trainable parameters under a method: all (full), last layers (freeze), adapters (+ saved copies)."""
+        if kind == "full":
+            return self.total_params
+        if kind == "freeze":
+            return self.freeze_trainable
+        return self.adapter_params + self.lora_copies
+
+
+@dataclass(frozen=True)
+class Setup:
+    """The run as the memory model sees it, resolved from a recipe (and what a suggestion changes)."""
+
+    stage: str
+    method: str
+    device: Device
+    weight_bytes: int
+    autocast: bool
+    quant_bits: float
+    optimizer: str
+    batch_size: int
+    grad_accum: int
+    seq_len: int
+    checkpointing: bool
+    masked: bool
+    packed: bool
+    lora_dropout: bool
+    trainable_layers: int
+    sharding: Sharding
+
+    @property
+    def rows(self) -> int:
+        """Sequences per forward pass: chosen and rejected are concatenated for rm and dpo."""
+        return self.batch_size * (2 if self.stage in ("rm", "dpo") else 1)
+
+    @property
+    def mask_width(self) -> int:
+        """Keys per query in the attention mask sdpa gets: packed rows are one row of every token in the batch."""
+        if not self.masked:
+            return 0
+        return self.rows * self.seq_len if self.packed else self.seq_len
+
+    @property
+    def act_bytes(self) -> int:
+        """Bytes of one saved activation element: the compute dtype; fp32 for qlora (peft upcasts the rest)."""
+        if self.method == "qlora":
+            return 4
+        return 2 if self.autocast or self.weight_bytes == 2 else 4
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Peak bytes per device and its parts; `peak` = weights + optimizer + the largest of the phase terms."""
+
+    weights: float
+    gradients: float
+    optimizer: float
+    activations: float
+    head_temp: float
+    overhead: float
+    peak: float
+    phase: str
+    host: float
+
+
+def parse_memory(text: str) -> int:
+    """'24GiB', '24GB', '80G', '16000MiB' or a bare number of GiB -> bytes."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?)(i?B?)\s*", text, flags=re.IGNORECASE)
+    if not match:
+        raise UserError(f"--gpu-memory {text!r}: expected a size such as 24GiB, 80GB or 16000MiB")
+    value, prefix, binary = float(match[1]), match[2].upper(), match[3].lower().startswith("i")
+    power = "KMGT".find(prefix) + 1 if prefix else 3
+    return int(value * (1024 if binary or not match[3] else 1000) ** power)
+
+
+def resolve_optimizer(recipe: Recipe, device: Device) -> str:
+    """As llmtune.train picks it: the recipe's, else qlora's, else transformers' default (fused AdamW); paged
+    optimizers become their non-paged twin without CUDA."""
+    name = recipe.train.optimizer or (recipe.method.qlora.optimizer if recipe.method.kind == "qlora" else None)
+    name = name or "adamw_torch_fused"
+    if device == "cpu" and name.startswith("paged_"):
+        return "adamw_8bit" if name.endswith("_8bit") else "adamw_torch"
+    return name
+
+
+def resolve_setup(recipe: Recipe, device: Device = "gpu", nproc: int | None = None) -> Setup:
+    """Dtypes, batch, sharding and optimizer as a run of this recipe on `device` would use them."""
+    if device == "cpu" and recipe.method.kind == "qlora":
+        raise UserError("plan --device cpu: method.kind qlora needs a GPU (bitsandbytes 4-bit); estimate for gpu")
+    dtype = recipe.model.dtype
+    weight_bytes = 4 if dtype == "float32" or (dtype == "auto" and device == "cpu") else 2
+    mixed = recipe.train.mixed_precision
+    autocast = mixed in ("bf16", "fp16") or (mixed == "auto" and device == "gpu")
+    procs = nproc or recipe.train.nproc
+    return Setup(
+        stage=recipe.stage,
+        method=recipe.method.kind,
+        device=device,
+        weight_bytes=weight_bytes,
+        autocast=autocast,
+        quant_bits=NF4_BITS[recipe.method.qlora.double_quant],
+        optimizer=resolve_optimizer(recipe, device),
+        batch_size=recipe.train.batch_size,
+        grad_accum=recipe.train.grad_accum,
+        seq_len=recipe.data.max_length,
+        checkpointing=recipe.train.gradient_checkpointing,
+        masked=recipe.model.attn_implementation != "flash_attention_2",
+        packed=recipe.packing,
+        lora_dropout=recipe.method.lora.dropout > 0,
+        trainable_layers=recipe.method.freeze.trainable_layers,
+        sharding=sharding_from_config(recipe.train.accelerate_config, procs),
+    )
+
+
+def _trainable_bytes(s: Setup) -> int:
+    """Bytes per trainable element: adapters are fp32 (peft upcasts them); FSDP with autocast keeps fp32 shards."""
+    if s.method in ("lora", "qlora") or (s.sharding.kind == "fsdp" and s.autocast):
+        return 4
+    return s.weight_bytes
+
+
+def weights_bytes(f: ModelFacts, s: Setup) -> tuple[float, float]:
+    """(device, host) bytes of the weights, the LoRA adapters and a DPO reference copy."""
+    wb = 4 if s.sharding.kind == "fsdp" and s.autocast and s.method in ("full", "freeze") else s.weight_bytes
+    if s.method == "qlora":
+        base = f.quantizable_params * s.quant_bits / 8 + (f.total_params - f.quantizable_params) * 4
+    else:
+        base = f.total_params * wb
+    extra = f.adapter_params * 4 + f.lora_copies * s.weight_bytes if s.method in ("lora", "qlora") else 0
+    reference = f.total_params * s.weight_bytes if s.stage == "dpo" and s.method in ("full", "freeze") else 0
+    sh = s.sharding
+    if not sh.shards_weights:
+        return base + extra + reference, 0.0
+    gathered = 2 * f.largest_layer_params * s.weight_bytes
+    if sh.offload_params:
+        return gathered + extra, base + reference
+    return (base + reference) / sh.nproc + gathered + extra, 0.0
+
+
+def optimizer_bytes(f: ModelFacts, s: Setup) -> tuple[float, float, float]:
+    """(gradients, optimizer states on device, states on host) for the trainable parameters."""
+    n, pb, sh = f.trainable(s.method), _trainable_bytes(s), s.sharding
+    if sh.deepspeed:
+        per = 12 if pb == 2 else 8
+    elif s.optimizer in EIGHT_BIT:
+        per = 2
+    elif s.optimizer in FP32_STATES:
+        per = 8
+    elif s.optimizer == "sgd":
+        per = 0
+    else:
+        per = 2 * pb
+    grads = n * pb * (2 if sh.kind == "ddp" else 1) / (sh.nproc if sh.shards_grads else 1)
+    states = n * per / (sh.nproc if sh.shards_states else 1)
+    return (grads, 0.0, states) if sh.offload_optimizer else (grads, states, 0.0)
+
+
+def layer_activation_bytes(f: ModelFacts, s: Setup, base_trainable: bool) -> float:
+    """Bytes autograd keeps per token for one Llama-style decoder layer (derivation in docs/plan.md)."""
+    a, h = s.act_bytes, f.hidden
+    kv = f.q_dim if s.masked else f.kv_dim
+    attention = a * (2 * f.q_dim + 2 * kv)
+    mlp = (4 if f.gated_mlp else 2) * f.intermediate
+    norms = 2 * 4 * h
+    mask = a * s.mask_width
+    if base_trainable:
+        return norms + mask + a * 4 * h + attention + a * mlp
+    total = norms + mask + attention + a * (mlp - f.intermediate)
+    drop_mask = 4 if s.device == "cpu" else 1
+    seen: set[str] = set()
+    for name, width in f.lora_targets:
+        group = LORA_INPUT_GROUPS.get(name, name)
+        if s.autocast:
+            total += (2 + (drop_mask if s.lora_dropout else 0)) * width + 2 * f.lora_rank
+            continue
+        if s.lora_dropout:
+            total += (4 + drop_mask) * width
+        elif a != 4:
+            total += 4 * width
+        elif group not in seen:
+            total += 0 if group == "attn_out" else 4 * width
+        seen.add(group)
+        total += 4 * f.lora_rank
+    return total
+
+
+def head_bytes(f: ModelFacts, s: Setup) -> tuple[float, float, float]:
+    """(saved, forward temporaries, backward temporaries) of the final norm and output head (TRL's fused head)."""
+    a, h, tokens = s.act_bytes, f.hidden, s.rows * s.seq_len
+    norm_trainable = s.method == "full"
+    saved = tokens * (4 * h + (a * h if norm_trainable else 0) + a * h)
+    if s.stage == "rm":
+        return saved, 0.0, tokens * a * h
+    n_all = s.rows * (s.seq_len - 1)
+    n, vc = min(n_all, FUSED_TOKENS_PER_TILE), min(f.vocab, FUSED_VOCAB_PER_TILE)
+    buf = n * FUSED_VOCAB_PER_TILE * (2 if s.autocast else a)
+    grad_in = n_all * h * (4 + a) + (f.head_params * 4 if s.method == "full" else 0)
+    if s.device == "cpu":
+        return saved, buf + 3 * n * vc * 4, buf + CPU_HEAD_TEMPS * n * vc * 4 + n * vc + grad_in
+    return saved, buf, buf + grad_in
+
+
+def estimate(f: ModelFacts, s: Setup) -> Estimate:
+    """Peak memory per device: weights + optimizer states + the largest of forward, backward and step needs."""
+    weights, host_weights = weights_bytes(f, s)
+    grads, states, host_states = optimizer_bytes(f, s)
+    tokens = s.rows * s.seq_len
+    depth = s.trainable_layers if s.method == "freeze" else f.layers
+    per_layer = layer_activation_bytes(f, s, base_trainable=s.method in ("full", "freeze"))
+    saved_head, head_fwd, head_bwd = head_bytes(f, s)
+    mask = tokens * s.mask_width
+    layers_saved = depth * tokens * (s.act_bytes * f.hidden if s.checkpointing else per_layer)
+    activations = layers_saved + saved_head + mask
+    carried = grads if s.grad_accum > 1 else 0
+    step_temp = f.trainable(s.method) * _trainable_bytes(s) if s.device == "gpu" and s.optimizer == "adamw_torch" else 0
+    phases = {
+        "forward (output head)": activations + head_fwd + carried,
+        "backward (output head)": activations + head_bwd + carried,
+        "optimizer step": grads + step_temp,
+    }
+    if s.checkpointing:
+        phases["backward (recomputing a layer)"] = activations + tokens * per_layer + grads
+    phase = max(phases, key=phases.__getitem__)
+    peak = weights + states + phases[phase]
+    overhead = CUDA_CONTEXT + ALLOCATOR_SLACK * peak if s.device == "gpu" else 0.0
+    head_temp = max(head_fwd, head_bwd)
+    return Estimate(
+        weights, grads, states, activations, head_temp, overhead, peak + overhead, phase, host_weights + host_states
+    )
+
+
+def with_changes(s: Setup, **changes: object) -> Setup:
+    """A copy of the setup with some fields changed (what a suggestion would do)."""
+    return replace(s, **changes)

@@ -1,0 +1,227 @@
+"""llmtune plan: exact counts from config.json alone, the activation formula, and the estimate vs measured peaks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from llmtune.errors import UserError
+from llmtune.plan import (
+    FUSED_TOKENS_PER_TILE,
+    FUSED_VOCAB_PER_TILE,
+    GIB,
+    NF4_BITS,
+    estimate,
+    layer_activation_bytes,
+    parse_memory,
+    resolve_setup,
+)
+from llmtune.plan_inspect import inspect_model, load_model_config
+from llmtune.plan_report import make_plan
+from llmtune.recipe import load_recipe
+
+LLAMA_31_8B = {
+    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 128256, "hidden_size": 4096,
+    "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+    "max_position_embeddings": 131072, "rms_norm_eps": 1e-05, "rope_theta": 500000.0, "tie_word_embeddings": False,
+}  # fmt: skip
+MEASURE_TOLERANCE = 0.15
+
+
+def write_recipe(path: Path, model_path: Path, **sections) -> Path:
+    from llmtune.recipe import deep_merge
+
+    base = {
+        "stage": "sft",
+        "model": {"name_or_path": str(model_path)},
+        "method": {"kind": "lora"},
+        "data": {"train": [{"path": "unused.jsonl"}], "max_length": 256},
+        "output": {"dir": str(path.parent / "out")},
+    }
+    path.write_text(yaml.safe_dump(deep_merge(base, sections)), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def config_only_8b(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Llama-3.1-8B directory with nothing but config.json: what plan must work from."""
+    path = tmp_path_factory.mktemp("llama31-8b-config")
+    (path / "config.json").write_text(json.dumps(LLAMA_31_8B), encoding="utf-8")
+    return path
+
+
+def plan_for(tmp_path: Path, model_path: Path, sets: list[str] | None = None, **sections):
+    recipe = load_recipe(write_recipe(tmp_path / "r.yaml", model_path, **sections), sets)
+    return recipe, inspect_model(load_model_config(recipe), recipe)
+
+
+def test_counts_match_the_real_models(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from llmtune import modeling
+
+    real = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    for method in ({"kind": "lora", "lora": {"r": 8}}, {"kind": "lora", "lora": {"target_modules": ["q_proj"]}}):
+        recipe, facts = plan_for(tmp_path, tiny_model_dir, method=method)
+        assert facts.total_params == sum(p.numel() for p in real.parameters()) == facts.closed_form
+        fresh = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+        peft_model = get_peft_model(fresh, modeling.lora_config(recipe.method, "CAUSAL_LM"))
+        assert facts.trainable("lora") == sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    recipe, facts = plan_for(tmp_path, tiny_model_dir, method={"kind": "freeze", "freeze": {"trainable_layers": 1}})
+    frozen = modeling.apply_method(AutoModelForCausalLM.from_pretrained(tiny_model_dir), recipe)
+    assert facts.trainable("freeze") == sum(p.numel() for p in frozen.parameters() if p.requires_grad)
+    assert 0 < facts.trainable("freeze") < facts.total_params
+
+
+def test_plan_needs_only_config_json(tmp_path: Path, config_only_8b: Path) -> None:
+    recipe, facts = plan_for(tmp_path, config_only_8b, method={"kind": "qlora"})
+    assert facts.total_params == facts.closed_form == 8_030_261_248
+    assert facts.rule_of_thumb == 128256 * 4096 + 12 * 4096**2 * 32
+    assert facts.trainable("lora") == 41_943_040  # r=16 on q,k,v,o,gate,up,down of 32 layers: peft's count
+    assert facts.quantizable_params == facts.total_params - 2 * 128256 * 4096 - 65 * 4096
+    weights = estimate(facts, resolve_setup(recipe)).weights
+    expected = facts.quantizable_params * NF4_BITS[True] / 8 + (facts.total_params - facts.quantizable_params) * 4
+    assert weights == pytest.approx(expected + facts.adapter_params * 4)
+    assert NF4_BITS[True] == pytest.approx(4.127, abs=1e-3)
+
+
+def test_cli_verdict_and_suggestions_re_estimate(tmp_path: Path, config_only_8b: Path) -> None:
+    path = write_recipe(tmp_path / "full.yaml", config_only_8b, method={"kind": "full"}, train={"batch_size": 4})
+    result = subprocess.run(
+        [sys.executable, "-m", "llmtune", "plan", "--recipe", str(path), "--gpu-memory", "24GiB"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "8,030,261,248 exact" in result.stdout and "does not fit in 24.00 GiB" in result.stdout
+    plan = make_plan(load_recipe(path), budget=parse_memory("24GiB"))
+    assert not plan.fits and plan.steps and plan.steps[-1].estimate.peak <= 24 * GIB
+    assert any(step.change.startswith("LoRA") for step in plan.steps)  # 16 B/param of full bf16 AdamW cannot fit
+    assert all(f"--set {o}" in result.stdout for step in plan.steps for o in step.overrides)
+    again = make_plan(load_recipe(path, [o for step in plan.steps for o in step.overrides]))
+    assert again.estimate.peak == pytest.approx(plan.steps[-1].estimate.peak)
+
+
+def test_more_processes_shard_with_zero3(tmp_path: Path, config_only_8b: Path) -> None:
+    from dataclasses import replace
+
+    from llmtune.distributed import Sharding
+
+    recipe, facts = plan_for(tmp_path, config_only_8b, method={"kind": "full"})
+    single = resolve_setup(recipe)
+    one, four = (estimate(facts, replace(single, sharding=Sharding("zero3", n))) for n in (1, 4))
+    assert four.optimizer == pytest.approx(one.optimizer / 4) and four.weights < one.weights / 3
+    offload = estimate(facts, replace(single, sharding=Sharding("zero3", 1, True, True)))
+    assert offload.optimizer == 0 and offload.host > one.optimizer
+
+
+@pytest.mark.parametrize(
+    ("method", "dtype"),
+    [("full", "float32"), ("full", "bfloat16"), ("lora", "float32"), ("lora0", "float32"), ("lora", "bfloat16")],
+)
+def test_layer_activation_formula_matches_saved_tensors(tmp_path: Path, method: str, dtype: str) -> None:
+    """Bytes autograd saves for one decoder layer (hooks on every saved tensor) vs the formula, within 3%."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from llmtune import modeling
+
+    config = LlamaConfig(vocab_size=512, hidden_size=128, intermediate_size=344, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)  # fmt: skip
+    config.save_pretrained(tmp_path / "m")
+    kind = {"kind": "lora", "lora": {"dropout": 0.0 if method == "lora0" else 0.05}} if "lora" in method else {}
+    kind = kind or {"kind": method}
+    recipe, facts = plan_for(tmp_path, tmp_path / "m", method=kind, model={"dtype": dtype}, data={"max_length": 64})
+    torch.manual_seed(0)
+    model = modeling.apply_method(AutoModelForCausalLM.from_config(config).to(getattr(torch, dtype)), recipe).train()
+    ids = torch.randint(0, 512, (2, 64))
+    mask = torch.ones_like(ids)
+    mask[1, 50:] = 0
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    layer = next(m for n, m in model.named_modules() if n.endswith("layers.1"))
+    saved: dict[int, int] = {}
+    inside = []
+    layer.register_forward_pre_hook(lambda *_: inside.append(1))
+    layer.register_forward_hook(lambda *_: inside.pop() and None)
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        key = t.untyped_storage().data_ptr()
+        if inside and key not in params:
+            saved[key] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(input_ids=ids, attention_mask=mask)
+    setup = resolve_setup(recipe, "cpu")
+    predicted = ids.numel() * layer_activation_bytes(facts, setup, base_trainable=recipe.method.kind == "full")
+    assert sum(saved.values()) == pytest.approx(predicted, rel=0.03)
+
+
+@pytest.fixture(scope="module")
+def measured_model(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> tuple[Path, Path]:
+    """A LLaMA with hidden 256, 4 layers, vocab 8192 (tensor memory of a few hundred MB) and enough text data."""
+    from transformers import AutoTokenizer
+
+    from llmtune.data.synth import write_builtin_data
+    from llmtune.init_model import Preset, build_model, llama_config, write_model_dir
+
+    root = tmp_path_factory.mktemp("plan-measure")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    preset = Preset(hidden_size=256, num_layers=4, num_heads=8, num_kv_heads=4, intermediate_size=688,
+                    vocab_size=8192, max_positions=1024)  # fmt: skip
+    ids = (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    write_model_dir(root / "model", build_model(llama_config(preset, 8192, *ids), seed=0), tokenizer, overwrite=False)
+    write_builtin_data(root / "data", n_train=120, n_eval=4, seed=0)
+    return root / "model", root / "data" / "text.jsonl"
+
+
+@pytest.mark.slow
+def test_estimate_tracks_measured_peak_on_cpu(tmp_path: Path, measured_model: tuple[Path, Path]) -> None:
+    """Two real `train.run`s on CPU (full; LoRA with checkpointing) vs plan --device cpu, within 15%."""
+    model, text = measured_model
+    recipes = []
+    for method, checkpointing in (("full", False), ("lora", True)):
+        recipes.append(
+            write_recipe(
+                tmp_path / f"{method}.yaml", model, stage="pt", method={"kind": method}, model={"dtype": "float32"},
+                data={"train": [{"path": str(text), "format": "text"}], "cache_dir": str(tmp_path / "cache")},
+                train={"max_steps": 2, "batch_size": 4, "save_steps": 1000, "optimizer": "adamw_torch",
+                       "gradient_checkpointing": checkpointing},
+                output={"dir": str(tmp_path / f"{method}-out")},
+            )
+        )  # fmt: skip
+    out = tmp_path / "measured.json"
+    probe = Path(__file__).with_name("memprobe.py")
+    done = subprocess.run([sys.executable, str(probe), str(out), *map(str, recipes)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    measured = json.loads(out.read_text())
+    for path in recipes:
+        recipe = load_recipe(path)
+        predicted = estimate(inspect_model(load_model_config(recipe), recipe), resolve_setup(recipe, "cpu")).peak
+        assert predicted == pytest.approx(measured[str(path)]["peak"], rel=MEASURE_TOLERANCE), path.name
+
+
+def test_fused_head_constants_match_trl() -> None:
+    from trl.kernels.chunked_logprob import TOKEN_CHUNK_SIZE
+    from trl.trainer.utils import _CHUNKED_LOGPROB_CHUNK_SIZE
+
+    assert (FUSED_TOKENS_PER_TILE, FUSED_VOCAB_PER_TILE) == (TOKEN_CHUNK_SIZE, _CHUNKED_LOGPROB_CHUNK_SIZE)
+
+
+def test_parse_memory_and_errors(tmp_path: Path, config_only_8b: Path) -> None:
+    assert parse_memory("24GiB") == 24 * GIB and parse_memory("80GB") == 80 * 10**9
+    assert parse_memory("16000MiB") == 16000 * 2**20 and parse_memory("24") == 24 * GIB
+    with pytest.raises(UserError, match="--gpu-memory"):
+        parse_memory("lots")
+    recipe = load_recipe(write_recipe(tmp_path / "q.yaml", config_only_8b, method={"kind": "qlora"}))
+    with pytest.raises(UserError, match="qlora needs a GPU"):
+        resolve_setup(recipe, "cpu")
+    missing = write_recipe(tmp_path / "m.yaml", tmp_path / "nowhere")
+    result = subprocess.run([sys.executable, "-m", "llmtune", "plan", "--recipe", str(missing)],
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 2 and "does not exist" in result.stderr
