@@ -199,14 +199,15 @@ def write_results(path: Path, data: EvalData, results: list[Result]) -> None:
 def plan_specs(
     model: str | None, adapter: str | None, compare: list[str], recipe: Recipe | None
 ) -> list[tuple[str | None, str | None]]:
-    """The models to evaluate, in column order: --model/--adapter first, then each --compare; with only a recipe,
-    the run it trained (output.dir)."""
+    """The models to evaluate, in column order: --model/--adapter (else the recipe's run, output.dir, when it
+    exists), then each --compare."""
     specs: list[tuple[str | None, str | None]] = [(model, adapter)] if model or adapter else []
-    specs += [(spec, None) for spec in compare]
     if not specs and recipe is not None:
-        if not Path(recipe.output.dir).is_dir():
+        if Path(recipe.output.dir).is_dir():
+            specs = [(recipe.output.dir, None)]
+        elif not compare:
             raise UserError(f"the recipe's run {recipe.output.dir} does not exist yet; train it or pass --model")
-        specs = [(recipe.output.dir, None)]
+    specs += [(spec, None) for spec in compare]
     if not specs:
         raise UserError("nothing to evaluate: pass --model and/or --adapter, or --compare SPEC (repeatable)")
     return specs

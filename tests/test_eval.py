@@ -263,3 +263,17 @@ def test_eval_input_errors_exit_2(tiny_model_dir, tmp_path, capsys) -> None:
     bad.write_text('{"question": "hi"}\n')
     code, _, err = cli(capsys, "eval", "--model", str(tiny_model_dir), "--data", str(bad))
     assert code == 2 and "bad.jsonl:1" in err and "cannot tell the format" in err
+
+
+def test_compare_columns_start_with_the_recipes_run(tiny_recipe, tmp_path) -> None:
+    from llmtune.errors import UserError
+    from llmtune.eval_job import plan_specs
+    from llmtune.recipe import load_recipe
+
+    recipe = load_recipe(tiny_recipe())
+    with pytest.raises(UserError, match="does not exist yet"):
+        plan_specs(None, None, [], recipe)
+    assert plan_specs(None, None, ["base"], recipe) == [("base", None)]
+    Path(recipe.output.dir).mkdir()
+    assert plan_specs(None, None, ["base"], recipe) == [(recipe.output.dir, None), ("base", None)]
+    assert plan_specs("m", "a", ["base"], recipe) == [("m", "a"), ("base", None)]
