@@ -6,6 +6,7 @@ so stages stay short and every stage loads models the same way.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -35,9 +36,15 @@ def resolve_local(name: str, revision: str, recipe: Recipe, what: str = "model.n
         return path
     if _looks_like_path(name):
         raise UserError(f"{what}: {name} does not exist (neither a local directory nor a Hub id)")
+    return _fetch(name, revision, recipe.hub.endpoint)
+
+
+@functools.lru_cache(maxsize=8)
+def _fetch(name: str, revision: str, endpoint: str | None) -> Path:
+    """A Hub model's local snapshot, fetched once per process (tokenizer, data and model all ask for it)."""
     from llmtune.hub import ensure_local
 
-    return Path(ensure_local(name, revision, "model", recipe.hub.endpoint))
+    return Path(ensure_local(name, revision, "model", endpoint))
 
 
 def model_dir(recipe: Recipe) -> Path:

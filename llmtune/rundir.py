@@ -112,12 +112,18 @@ def write_recipe(out: Path, recipe: Recipe, world_size: int) -> None:
 
 
 def truncate_metrics(path: Path, up_to_step: int) -> None:
-    """On resume, drop rows logged after the checkpoint: those steps run again."""
+    """On resume, drop rows logged after the checkpoint (those steps run again) and any half-written row."""
     if not path.is_file():
         return
-    rows = [line for line in path.read_text().splitlines() if line.strip()]
-    kept = [line for line in rows if json.loads(line).get("step", 0) <= up_to_step]
-    path.write_text("".join(line + "\n" for line in kept))
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a row cut short by the kill
+        if row.get("step", 0) <= up_to_step:
+            kept.append(line + "\n")
+    path.write_text("".join(kept), encoding="utf-8")
 
 
 def checkpoint_step(checkpoint: Path) -> int:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from llmtune import console
 from llmtune.errors import UserError
+from llmtune.modeling import check_method, count_parameters, has_cuda
 from llmtune.rundir import (
     check_output_dir,
     checkpoint_step,
@@ -80,8 +81,6 @@ def resolve_optimizer(recipe: Recipe, cuda: bool) -> str | None:
 
 def common_training_args(recipe: Recipe) -> dict[str, Any]:
     """THE translation of TrainSpec into transformers/TRL config keywords; train.extra is merged last."""
-    from llmtune.modeling import has_cuda
-
     t = recipe.train
     cuda = has_cuda()
     bf16, fp16 = _precision(t.mixed_precision, cuda)
@@ -112,6 +111,7 @@ def common_training_args(recipe: Recipe) -> dict[str, Any]:
         "report_to": list(t.report_to) or "none",
         "disable_tqdm": console.verbosity() == console.QUIET,
         "dataloader_pin_memory": cuda,
+        "use_cpu": not cuda,  # without CUDA, launched processes join a gloo group (llmtune.launch)
     }
     optim = resolve_optimizer(recipe, cuda)
     if optim:
@@ -203,13 +203,59 @@ def _train(trainer: Trainer, out: Path, checkpoint: Path | None) -> tuple[Any, f
     return output, time.perf_counter() - started
 
 
+def _quiet_library_noise() -> None:
+    """Silence messages users cannot act on (unless --verbose): an optional bitsandbytes CPU kernel package, and
+    a deprecated transformers attribute that peft still reads."""
+    if console.verbosity() >= console.VERBOSE:
+        return
+    import logging
+    import warnings
+
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+
+
+def _attach(trainer: Trainer, recipe: Recipe, out: Path, world_size: int) -> Any:
+    """Add the metrics logger (returned, for its timings); drop the per-log printer when --quiet."""
+    logger = _metrics_logger(out / "metrics.jsonl")
+    trainer.add_callback(logger)
+    if console.verbosity() == console.QUIET:
+        from transformers import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
+    if recipe.train.nproc > world_size:
+        console.warn(f"train.nproc is {recipe.train.nproc} but this is a single process; launch it with accelerate")
+    return logger
+
+
+def _result(recipe: Recipe, trainer: Trainer, output: Any, runtime: float, logger: Any, world_size: int) -> RunResult:
+    trainable, total = count_parameters(trainer.model)
+    first_step_s, step_s = logger.timings(output.global_step)
+    history = trainer.state.log_history
+    return RunResult(
+        output_dir=recipe.output.dir,
+        stage=recipe.stage,
+        method=recipe.method.kind,
+        steps=output.global_step,
+        final_loss=_last(history, "loss"),
+        mean_loss=output.training_loss,
+        eval_loss=_last(history, "eval_loss"),
+        runtime_s=round(runtime, 3),
+        first_step_s=first_step_s,
+        step_s=step_s,
+        trainable_params=trainable,
+        total_params=total,
+        world_size=world_size,
+        trainer=trainer,
+    )
+
+
 def run(recipe: Recipe, *, resume: bool = False) -> RunResult:
     """Train one recipe end to end and return its summary; the output dir is checked before anything heavy."""
-    from llmtune.modeling import check_method, count_parameters
-
     out = Path(recipe.output.dir)
     checkpoint = check_output_dir(out, recipe.output.overwrite, resume)
     check_method(recipe)
+    _quiet_library_noise()
 
     from accelerate import PartialState
     from transformers import set_seed
@@ -219,8 +265,8 @@ def run(recipe: Recipe, *, resume: bool = False) -> RunResult:
     state = PartialState()
     set_seed(recipe.train.seed)
     trainer = get_stage(recipe.stage).build(recipe, common_training_args(recipe))
-    logger = _metrics_logger(out / "metrics.jsonl")
-    trainer.add_callback(logger)
+    logger = _attach(trainer, recipe, out, state.num_processes)
+    state.wait_for_everyone()  # every process has checked the dir before the main one moves old contents aside
     with output_guard(out, replace=recipe.output.overwrite and checkpoint is None, is_main=state.is_main_process):
         if state.is_main_process:
             write_recipe(out, recipe, state.num_processes)
@@ -228,25 +274,7 @@ def run(recipe: Recipe, *, resume: bool = False) -> RunResult:
                 truncate_metrics(out / "metrics.jsonl", checkpoint_step(checkpoint))
         state.wait_for_everyone()
         output, runtime = _train(trainer, out, checkpoint)
-        trainable, total = count_parameters(trainer.model)
-        first_step_s, step_s = logger.timings(output.global_step)
-        history = trainer.state.log_history
-        result = RunResult(
-            output_dir=str(out),
-            stage=recipe.stage,
-            method=recipe.method.kind,
-            steps=output.global_step,
-            final_loss=_last(history, "loss"),
-            mean_loss=output.training_loss,
-            eval_loss=_last(history, "eval_loss"),
-            runtime_s=round(runtime, 3),
-            first_step_s=first_step_s,
-            step_s=step_s,
-            trainable_params=trainable,
-            total_params=total,
-            world_size=state.num_processes,
-            trainer=trainer,
-        )
+        result = _result(recipe, trainer, output, runtime, logger, state.num_processes)
         if state.is_main_process:
             summary = {**result.summary(), "versions": library_versions()}
             (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")

@@ -7,6 +7,7 @@ on the same batch, free of sampling noise. Outputs are reloaded and must give th
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -175,3 +176,40 @@ def test_method_errors_name_the_key(tiny_recipe, tmp_path) -> None:
     missing = tiny_recipe(model={"name_or_path": "./no/such/model"})
     with pytest.raises(UserError, match="does not exist"):
         run(load_recipe(missing))
+    nothing = tiny_recipe(method={"kind": "freeze", "freeze": {"trainable_layers": 0}})
+    with pytest.raises(UserError, match="nothing is trainable"):
+        run(load_recipe(nothing))
+    unknown_arg = tiny_recipe(train={"extra": {"not_an_arg": 1}})
+    with pytest.raises(UserError, match="train.extra: 'not_an_arg' is not an argument of SFTConfig"):
+        run(load_recipe(unknown_arg))
+
+
+def test_pickle_weights_are_refused_unless_allowed(tiny_recipe, tiny_model_dir, tmp_path) -> None:
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_model_dir / name, pickled / name)
+    (pickled / "pytorch_model.bin").write_bytes(b"not loaded")
+    with pytest.raises(UserError, match="has only pickle weights .* model.allow_pickle: true"):
+        modeling.load_model(load_recipe(tiny_recipe(model={"name_or_path": str(pickled)})))
+
+
+def test_a_tokenizer_without_pad_token_pads_with_eos(tiny_recipe, tiny_model_dir, tmp_path, capsys) -> None:
+    copy = tmp_path / "no-pad"
+    shutil.copytree(tiny_model_dir, copy)
+    config = json.loads((copy / "tokenizer_config.json").read_text())
+    del config["pad_token"]
+    (copy / "tokenizer_config.json").write_text(json.dumps(config))
+    tokenizer = modeling.load_tokenizer(load_recipe(tiny_recipe(model={"name_or_path": str(copy)})))
+    assert tokenizer.pad_token == tokenizer.eos_token == "<|im_end|>"
+    assert "no pad token; padding with its eos token" in capsys.readouterr().err
+
+
+def test_quantization_config_follows_the_qlora_block() -> None:
+    from llmtune.schema import MethodSpec
+
+    assert modeling.quantization_config(MethodSpec(kind="lora")) is None
+    spec = MethodSpec(kind="qlora", qlora={"quant_type": "fp4", "double_quant": False, "compute_dtype": "float16"})
+    config = modeling.quantization_config(spec)
+    assert config.load_in_4bit and config.bnb_4bit_quant_type == "fp4"
+    assert config.bnb_4bit_use_double_quant is False and config.bnb_4bit_compute_dtype == torch.float16
