@@ -160,6 +160,28 @@ def test_qlora_trains_on_a_4bit_nf4_base(tiny_recipe, tiny_data_dir, capsys) -> 
     assert torch.equal(logits(reloaded), logits(model))
 
 
+def test_qlora_gradients_are_the_same_after_an_evaluation(tiny_recipe) -> None:
+    """bitsandbytes repacks 4-bit weights for CPU inference at the first no-grad forward unless told not to."""
+    recipe = load_recipe(tiny_recipe(method={"kind": "qlora", "lora": {"dropout": 0.0}}))
+    model = modeling.apply_method(modeling.load_model(recipe), recipe)
+    first_lora_a = model.base_model.model.model.layers[0].self_attn.q_proj.lora_A["default"].weight
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.fill_(0.01)
+
+    def grad() -> torch.Tensor:
+        model.train()
+        model.zero_grad()
+        model(input_ids=PROBE, labels=PROBE).loss.backward()
+        return first_lora_a.grad.clone()
+
+    before = grad()
+    assert torch.count_nonzero(before) > 0
+    logits(model)
+    assert torch.equal(grad(), before)
+
+
 def test_method_errors_name_the_key(tiny_recipe, tmp_path) -> None:
     too_many = tiny_recipe(method={"kind": "freeze", "freeze": {"trainable_layers": 5}})
     with pytest.raises(UserError, match="trainable_layers is 5 but the model has only 2 layers"):
