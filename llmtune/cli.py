@@ -28,9 +28,7 @@ recipe_app = typer.Typer(help="Validate, show and list recipes.", no_args_is_hel
 app.add_typer(recipe_app, name="recipe")
 
 RecipeArg = Annotated[Path, typer.Argument(help="Recipe YAML file.", show_default=False)]
-SetOpt = Annotated[
-    Optional[list[str]], typer.Option("--set", help="Override a key: --set train.lr=1e-4 (repeatable).")
-]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a key: --set train.lr=1e-4 (repeatable).")]
 
 
 def _version(value: bool) -> None:
@@ -72,9 +70,11 @@ def _recipes_root() -> Path:
 @recipe_app.command("validate")
 def recipe_validate(recipe: RecipeArg, set_: SetOpt = None) -> None:
     """Check a recipe against the schema; exit 2 with the problem if it is invalid."""
+    from llmtune.distributed import check_launch
     from llmtune.recipe import load_recipe
 
     resolved = load_recipe(recipe, set_)
+    check_launch(resolved, hardware=False)
     print(f"{recipe}: ok ({resolved.stage}, {resolved.method.kind}, model {resolved.model.name_or_path})")
 
 
@@ -143,35 +143,91 @@ def init_model_cmd(
 
 RecipeOpt = Annotated[Path, typer.Option("--recipe", help="Recipe YAML file.", show_default=False)]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the output dir's last checkpoint.")]
+NprocOpt = Annotated[
+    Optional[int],
+    typer.Option(
+        "--nproc", metavar="N", min=1, help="Processes (GPUs) on this machine; above 1 runs accelerate launch."
+    ),
+]
+AccelOpt = Annotated[
+    Optional[str], typer.Option("--accelerate-config", metavar="FILE", help="accelerate config (recipes/accelerate/).")
+]
+MachinesOpt = Annotated[int, typer.Option("--num-machines", metavar="N", min=1, help="Machines in a multi-node run.")]
+RankOpt = Annotated[int, typer.Option("--machine-rank", metavar="R", min=0, help="This machine's rank (0: main).")]
+MainIpOpt = Annotated[Optional[str], typer.Option("--main-process-ip", metavar="IP", help="Address of rank 0.")]
+MainPortOpt = Annotated[Optional[int], typer.Option("--main-process-port", metavar="PORT", help="Port on rank 0.")]
 
 
-def _train_command(command: str, recipe: Path, set_: list[str] | None, resume: bool) -> None:
-    """The body shared by the training commands: load, check the stage matches, run, print the summary."""
-    from llmtune import console
+def _train_command(command: str, recipe: Path, set_: list[str] | None, resume: bool, launch_opts=None) -> None:
+    """The body shared by the training commands: load, check the stage matches, run (or launch N), print."""
+    from llmtune import console, launch
+    from llmtune.distributed import check_launch
     from llmtune.recipe import load_recipe
-    from llmtune.train import run
 
-    resolved = load_recipe(recipe, set_)
+    opts = launch_opts or launch.LaunchOptions()
+    sets = [*(set_ or []), *opts.overrides()]
+    resolved = load_recipe(recipe, sets)
     if resolved.stage != command:
         raise UserError(f"recipe {recipe} has stage: {resolved.stage}; run llmtune {resolved.stage} --recipe {recipe}")
+    if launch.wants_launch(resolved, opts):
+        args = ["--recipe", str(recipe), *(x for s in sets for x in ("--set", s)), *(["--resume"] if resume else [])]
+        code = launch.launch(command, args, resolved, opts)
+        if code:
+            raise typer.Exit(code)
+        return
+    check_launch(resolved, hardware=False)
+    if launch.is_replica():
+        console.set_verbosity(console.QUIET)
+    from llmtune.train import run
+
     console.info(f"{command}: writing the run to {resolved.output.dir}")
     result = run(resolved, resume=resume)
     loss = f"{result.final_loss:.4f}" if result.final_loss is not None else "n/a"
     evals = f", eval loss {result.eval_loss:.4f}" if result.eval_loss is not None else ""
     done = f"done: {result.steps} steps in {result.runtime_s:.1f}s, final loss {loss}{evals}"
-    console.stdout().print(f"{done}; saved to {result.output_dir}")
+    if not launch.is_replica():
+        console.stdout().print(f"{done}; saved to {result.output_dir}")
+
+
+def _launch_options(*values):  # noqa: ANN202 - returns llmtune.launch.LaunchOptions, imported lazily
+    """The training commands' launch flags as one object (llmtune.launch is imported only here)."""
+    from llmtune.launch import LaunchOptions
+
+    return LaunchOptions(*values)
 
 
 @app.command("sft")
-def sft(recipe: RecipeOpt, set_: SetOpt = None, resume: ResumeOpt = False) -> None:
+def sft(
+    recipe: RecipeOpt,
+    set_: SetOpt = None,
+    resume: ResumeOpt = False,
+    nproc: NprocOpt = None,
+    accelerate_config: AccelOpt = None,
+    num_machines: MachinesOpt = 1,
+    machine_rank: RankOpt = 0,
+    main_process_ip: MainIpOpt = None,
+    main_process_port: MainPortOpt = None,
+) -> None:
     """Supervised fine-tuning on chat or instruction data (full, freeze, lora or qlora)."""
-    _train_command("sft", recipe, set_, resume)
+    opts = (nproc, accelerate_config, num_machines, machine_rank, main_process_ip, main_process_port)
+    _train_command("sft", recipe, set_, resume, _launch_options(*opts))
 
 
 @app.command("pt")
-def pt(recipe: RecipeOpt, set_: SetOpt = None, resume: ResumeOpt = False) -> None:
+def pt(
+    recipe: RecipeOpt,
+    set_: SetOpt = None,
+    resume: ResumeOpt = False,
+    nproc: NprocOpt = None,
+    accelerate_config: AccelOpt = None,
+    num_machines: MachinesOpt = 1,
+    machine_rank: RankOpt = 0,
+    main_process_ip: MainIpOpt = None,
+    main_process_port: MainPortOpt = None,
+) -> None:
     """Continued pretraining on plain text (every token trained, packed by default)."""
-    _train_command("pt", recipe, set_, resume)
+    opts = (nproc, accelerate_config, num_machines, machine_rank, main_process_ip, main_process_port)
+    _train_command("pt", recipe, set_, resume, _launch_options(*opts))
 
 
 @app.command("tokenize")

@@ -12,6 +12,7 @@ from typing import Any, Literal
 import yaml
 
 from llmtune.errors import UserError
+from llmtune.schema import Recipe
 
 ShardKind = Literal["none", "ddp", "zero1", "zero2", "zero3", "fsdp"]
 
@@ -71,7 +72,7 @@ def _deepspeed_stage(config: dict[str, Any], origin: Path) -> tuple[int, bool, b
     if ds_file:
         import json
 
-        ds_path = (origin.parent / ds_file) if not Path(ds_file).is_absolute() else Path(ds_file)
+        ds_path = Path(ds_file) if Path(ds_file).is_file() else origin.parent / Path(ds_file).name
         try:
             zero = json.loads(ds_path.read_text(encoding="utf-8")).get("zero_optimization", {})
         except (OSError, ValueError) as exc:
@@ -102,3 +103,63 @@ def sharding_from_config(path: str | Path | None, nproc: int) -> Sharding:
             return Sharding("zero2", nproc, offload, False)
         return Sharding("fsdp", nproc, offload, offload)
     return Sharding("ddp" if nproc > 1 else "none", nproc)
+
+
+def _check_static(recipe: Recipe, sharding: Sharding, config: dict[str, Any], path: str) -> None:
+    """Combinations known to fail at the first step, refused while the recipe is read."""
+    method = recipe.method.kind
+    if method == "qlora" and sharding.shards_weights:
+        raise UserError(
+            f"train.accelerate_config: {path} shards parameters ({sharding.label.split(' over')[0]}), which cannot "
+            "shard the 4-bit base llmtune loads for method.kind qlora (that needs zero3_init_flag, "
+            "bnb_4bit_quant_storage equal to the model dtype and no fp32 upcast); use recipes/accelerate/zero2.yaml "
+            "or ddp.yaml with qlora, or method.kind lora with ZeRO-3"
+        )
+    ds = config.get("deepspeed_config") or {}
+    if sharding.deepspeed and ds.get("deepspeed_config_file") and recipe.train.optimizer:
+        raise UserError(
+            f"train.optimizer is {recipe.train.optimizer!r} but {path} names a DeepSpeed config whose optimizer "
+            "DeepSpeed builds itself (CPU Adam when offloading); remove train.optimizer"
+        )
+    if sharding.offload_optimizer and sharding.deepspeed and not ds.get("deepspeed_config_file"):
+        raise UserError(
+            f"train.accelerate_config: {path} offloads the optimizer without a DeepSpeed optimizer section; DeepSpeed "
+            "refuses a torch optimizer with ZeRO-Offload; use recipes/accelerate/zero3_offload.yaml"
+        )
+
+
+def _check_hardware(recipe: Recipe, sharding: Sharding, path: str | None) -> None:
+    """What this machine must have: deepspeed installed, CUDA for DeepSpeed and FSDP, enough GPUs."""
+    import importlib.util
+
+    from llmtune.modeling import has_cuda
+
+    if sharding.deepspeed and importlib.util.find_spec("deepspeed") is None:
+        raise UserError(
+            f"train.accelerate_config: {path} uses DeepSpeed, which is not installed: pip install deepspeed"
+        )
+    cuda = has_cuda()
+    if (sharding.deepspeed or sharding.kind == "fsdp") and not cuda:
+        raise UserError(f"train.accelerate_config: {path} ({sharding.label}) needs CUDA GPUs; on CPU leave it unset")
+    if cuda:
+        import torch
+
+        if recipe.train.nproc > torch.cuda.device_count():
+            raise UserError(
+                f"train.nproc is {recipe.train.nproc} but this machine has {torch.cuda.device_count()} GPUs"
+            )
+
+
+def check_launch(
+    recipe: Recipe, num_machines: int = 1, main_process_ip: str | None = None, hardware: bool = True
+) -> None:
+    """Validate a multi-process setup before any process starts: config file, known incompatibilities, machine."""
+    path = recipe.train.accelerate_config
+    if num_machines > 1 and not main_process_ip:
+        raise UserError("--num-machines above 1 needs --main-process-ip (the address of machine rank 0)")
+    config = read_accelerate_config(path) if path else {}
+    sharding = sharding_from_config(path, recipe.train.nproc)
+    if path:
+        _check_static(recipe, sharding, config, path)
+    if hardware and (recipe.train.nproc > 1 or num_machines > 1 or path):
+        _check_hardware(recipe, sharding, path)
