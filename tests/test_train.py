@@ -188,19 +188,22 @@ def test_a_packed_batch_has_the_loss_of_its_examples_run_apart(tiny_recipe) -> N
     recipe = load_recipe(tiny_recipe(method="full", data={"packing": True}))
     trainer = get_stage("sft").build(recipe, common_training_args(recipe))
     batch = next(iter(trainer.get_train_dataloader()))
-    assert "attention_mask" not in batch and batch["input_ids"].shape[0] == 1
+    assert "attention_mask" not in batch and "position_ids" in batch
     model = trainer.model.eval()
+    total, count, examples = 0.0, 0, 0
     with torch.no_grad():
         packed = float(trainer.compute_loss(model, dict(batch)))
-        starts = (batch["position_ids"][0] == 0).nonzero().flatten().tolist() + [batch["input_ids"].shape[1]]
-        total, count = 0.0, 0
-        for lo, hi in zip(starts[:-1], starts[1:], strict=True):
-            ids, labels = batch["input_ids"][:, lo:hi], batch["labels"][:, lo:hi]
-            n = int((labels[:, 1:] != -100).sum())
-            if n:
-                total += float(model(input_ids=ids, labels=labels).loss) * n
-                count += n
+        for row in range(batch["input_ids"].shape[0]):
+            positions = batch["position_ids"][row]
+            starts = (positions == 0).nonzero().flatten().tolist() + [positions.shape[0]]
+            for lo, hi in zip(starts[:-1], starts[1:], strict=True):
+                ids, labels = batch["input_ids"][row : row + 1, lo:hi], batch["labels"][row : row + 1, lo:hi]
+                n = int((labels[:, 1:] != -100).sum())
+                if n:
+                    total += float(model(input_ids=ids, labels=labels).loss) * n
+                    count += n
+                    examples += 1
         leaky = float(model(input_ids=batch["input_ids"], labels=batch["labels"]).loss)
-    assert len(starts) > 2, "the batch holds several examples"
+    assert examples > batch["input_ids"].shape[0], "rows hold several examples"
     assert packed == pytest.approx(total / count, abs=1e-5)
-    assert abs(leaky - packed) > 1e-3, "attending across examples would change the loss"
+    assert abs(leaky - packed) > 1e-4, "attending across examples would change the loss (by far more than 1e-5)"

@@ -26,16 +26,12 @@ def build(recipe: Recipe, args_common: dict[str, Any]) -> SFTTrainer:
     data = prepare(recipe, tokenizer, model_dir=modeling.model_dir(recipe))
     model = modeling.apply_method(modeling.load_model(recipe), recipe, "CAUSAL_LM")
     console.info(f"{recipe.method.kind}: {modeling.describe_parameters(*modeling.count_parameters(model))}")
-    # Packed rows carry seq_lengths: TRL's padding-free collator turns them into position_ids that restart per
-    # example, from which transformers builds a block-diagonal mask. `packing=True` with skip_prepare_dataset only
-    # selects that collator (TRL refuses padding_free without packing while max_length is set).
     config = build_config(
         SFTConfig,
         args_common,
         max_length=recipe.data.max_length,
-        packing=recipe.packing,
-        padding_free=recipe.packing,
         dataset_kwargs={"skip_prepare_dataset": True},
+        **_packing_keys(recipe),
     )
     return SFTTrainer(
         model=model,
@@ -43,4 +39,24 @@ def build(recipe: Recipe, args_common: dict[str, Any]) -> SFTTrainer:
         train_dataset=data.train,
         eval_dataset=data.eval,
         processing_class=tokenizer,
+        data_collator=_packed_collator(recipe, tokenizer),
     )
+
+
+def _packing_keys(recipe: Recipe) -> dict[str, Any]:
+    """With flash attention, TRL's padding-free collator (one varlen sequence per batch) is the fast path.
+
+    `packing=True` with skip_prepare_dataset only selects that collator (TRL refuses padding_free without packing
+    while max_length is set); the data are already packed by llmtune.data.
+    """
+    varlen = recipe.packing and recipe.model.attn_implementation == "flash_attention_2"
+    return {"packing": varlen, "padding_free": varlen}
+
+
+def _packed_collator(recipe: Recipe, tokenizer: Any) -> Any:
+    """For sdpa and eager attention, packed rows stay apart in the batch (see llmtune.data.collate for the figures)."""
+    if not recipe.packing or recipe.model.attn_implementation == "flash_attention_2":
+        return None
+    from llmtune.data.collate import PackedRowsCollator
+
+    return PackedRowsCollator(pad_token_id=tokenizer.pad_token_id)
