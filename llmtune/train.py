@@ -171,6 +171,24 @@ def _metrics_logger(path: Path) -> Any:
     return MetricsLogger()
 
 
+_SHOWN = ("loss", "eval_loss", "grad_norm", "learning_rate", "mean_token_accuracy", "rewards/accuracies")
+
+
+def _progress_printer() -> Any:
+    """transformers' progress bar, but each log is one readable line ("step 20/150  loss 4.915 ...") not a dict."""
+    from transformers import ProgressCallback
+
+    class ProgressPrinter(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not (state.is_world_process_zero and self.training_bar is not None and logs):
+                return
+            shown = [f"{k.replace('learning_rate', 'lr')} {v:.4g}" for k, v in logs.items() if k in _SHOWN]
+            if shown:
+                self.training_bar.write(f"step {state.global_step}/{state.max_steps}  " + "  ".join(shown))
+
+    return ProgressPrinter()
+
+
 def save_final(trainer: Trainer, out: Path) -> None:
     """Save the adapter or model and the tokenizer into `.final-tmp`, then move each file into place."""
     tmp = out / ".final-tmp"
@@ -219,10 +237,11 @@ def _attach(trainer: Trainer, recipe: Recipe, out: Path, world_size: int) -> Any
     """Add the metrics logger (returned, for its timings); drop the per-log printer when --quiet."""
     logger = _metrics_logger(out / "metrics.jsonl")
     trainer.add_callback(logger)
-    if console.verbosity() == console.QUIET:
-        from transformers import PrinterCallback
+    from transformers import PrinterCallback, ProgressCallback
 
-        trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(PrinterCallback)
+    if console.verbosity() != console.QUIET and trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(_progress_printer())
     if recipe.train.nproc > world_size:
         console.warn(f"train.nproc is {recipe.train.nproc} but this is a single process; launch it with accelerate")
     return logger
