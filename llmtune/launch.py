@@ -49,7 +49,9 @@ def is_replica() -> bool:
 
 
 def wants_launch(recipe: Recipe, options: LaunchOptions) -> bool:
-    return not inside_launch() and (recipe.train.nproc > 1 or options.num_machines > 1)
+    """Several processes, several machines, or an accelerate config (ZeRO-3 offload is useful on one GPU too)."""
+    many = recipe.train.nproc > 1 or options.num_machines > 1 or recipe.train.accelerate_config is not None
+    return many and not inside_launch()
 
 
 def launch_argv(command: str, recipe_args: list[str], recipe: Recipe, options: LaunchOptions) -> list[str]:
