@@ -230,6 +230,72 @@ def pt(
     _train_command("pt", recipe, set_, resume, _launch_options(*opts))
 
 
+@app.command("rm")
+def rm(
+    recipe: RecipeOpt,
+    set_: SetOpt = None,
+    resume: ResumeOpt = False,
+    nproc: NprocOpt = None,
+    accelerate_config: AccelOpt = None,
+    num_machines: MachinesOpt = 1,
+    machine_rank: RankOpt = 0,
+    main_process_ip: MainIpOpt = None,
+    main_process_port: MainPortOpt = None,
+) -> None:
+    """Train a reward model (a scalar head on the base) on preference pairs: chosen must outscore rejected."""
+    opts = (nproc, accelerate_config, num_machines, machine_rank, main_process_ip, main_process_port)
+    _train_command("rm", recipe, set_, resume, _launch_options(*opts))
+
+
+@app.command("dpo")
+def dpo(
+    recipe: RecipeOpt,
+    set_: SetOpt = None,
+    resume: ResumeOpt = False,
+    nproc: NprocOpt = None,
+    accelerate_config: AccelOpt = None,
+    num_machines: MachinesOpt = 1,
+    machine_rank: RankOpt = 0,
+    main_process_ip: MainIpOpt = None,
+    main_process_port: MainPortOpt = None,
+) -> None:
+    """Direct preference optimisation against a frozen reference (the starting model unless dpo.reference)."""
+    opts = (nproc, accelerate_config, num_machines, machine_rank, main_process_ip, main_process_port)
+    _train_command("dpo", recipe, set_, resume, _launch_options(*opts))
+
+
+@app.command("bon")
+def bon(
+    model: Annotated[str, typer.Option("--model", metavar="M", help="Policy: model dir, Hub id or run dir.")],
+    reward: Annotated[str, typer.Option("--reward", metavar="RM", help="Reward model: an `llmtune rm` output dir.")],
+    prompts: Annotated[
+        Path, typer.Option("--prompts", metavar="FILE", help="Prompts: .jsonl/.json/.csv/.parquet rows or a .txt.")
+    ],
+    out: Annotated[Path, typer.Option("--out", metavar="DIR", help="Writes best.jsonl, pairs.jsonl, scored.jsonl.")],
+    n: Annotated[int, typer.Option("--n", metavar="N", help="Answers sampled per prompt.")] = 4,
+    adapter: Annotated[Optional[str], typer.Option("--adapter", metavar="DIR", help="Adapter on --model.")] = None,
+    temperature: Annotated[float, typer.Option("--temperature", metavar="T", help="Sampling temperature.")] = 0.8,
+    top_p: Annotated[Optional[float], typer.Option("--top-p", metavar="P", help="Nucleus sampling.")] = None,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", metavar="N", help="Answer length cap.")] = 256,
+    batch_size: Annotated[int, typer.Option("--batch-size", metavar="B", help="Prompts per batch.")] = 8,
+    seed: Annotated[int, typer.Option("--seed", metavar="S", help="Sampling seed.")] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Write into a non-empty --out.")] = False,
+) -> None:
+    """Best-of-N: sample N answers per prompt, score them with a reward model, write SFT and preference data."""
+    from llmtune import console
+    from llmtune.bon import BonOptions, best_of_n
+
+    options = BonOptions(
+        model, reward, prompts, out, adapter=adapter, n=n, temperature=temperature, top_p=top_p,
+        max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, overwrite=overwrite,
+    )  # fmt: skip
+    result = best_of_n(options)
+    console.stdout().print(
+        f"{result.prompts} prompts: {result.best} best answers, {result.pairs} pairs, {result.skipped} skipped; "
+        f"wrote {', '.join(str(p) for p in result.files.values())}"
+    )
+
+
 @app.command("tokenize")
 def tokenize(
     recipe: Annotated[Path, typer.Option("--recipe", help="Recipe YAML file.", show_default=False)],
