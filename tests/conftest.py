@@ -73,3 +73,35 @@ def tiny_recipe(tmp_path: Path, tiny_model_dir: Path, tiny_data_dir: Path):
         return path
 
     return make
+
+
+@pytest.fixture(scope="session")
+def preference_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Built-in data with more pairs (128 train; 192 held out, 24 per task) for rm/dpo/bon tests; read-only."""
+    from llmtune.data.synth import write_builtin_data
+
+    out = tmp_path_factory.mktemp("preference-data")
+    write_builtin_data(out, n_train=128, n_eval=192, seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_sft_adapter(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, tiny_data_dir: Path) -> Path:
+    """A real `sft` LoRA run dir (8 steps at lr 1e-2, so the adapter moves the model) to chain later stages onto."""
+    import yaml
+
+    from llmtune.recipe import load_recipe
+    from llmtune.train import run
+
+    root = tmp_path_factory.mktemp("sft-adapter")
+    recipe = {
+        "stage": "sft",
+        "model": {"name_or_path": str(tiny_model_dir)},
+        "method": {"kind": "lora", "lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
+        "data": {"train": [{"path": str(tiny_data_dir / "sft_messages.jsonl")}], "max_length": 128,
+                 "cache_dir": str(root / "cache")},
+        "train": dict(TINY_TRAIN),
+        "output": {"dir": str(root / "sft")},
+    }  # fmt: skip
+    (root / "sft.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
+    return Path(run(load_recipe(root / "sft.yaml")).output_dir)
