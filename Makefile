@@ -35,6 +35,22 @@ docs: install
 bench: install
 	$(BIN)/python bench/cli_start.py
 
+# The pipeline on the built-in data, CPU only: a tiny base -> pt -> sft -> dpo, each recipe reading the previous
+# run's output dir; then a reward model on the sft model and best-of-N data from it. Re-running replaces the runs.
+DEMO_SET := --set output.overwrite=true
+demo: install
+	test -d data/builtin || $(BIN)/llmtune synth-data data/builtin
+	test -d runs/demo/base || $(BIN)/llmtune init-model runs/demo/base --preset tiny
+	$(BIN)/llmtune pt --recipe recipes/demo/pt.yaml $(DEMO_SET)
+	$(BIN)/llmtune sft --recipe recipes/demo/sft-lora.yaml $(DEMO_SET)
+	$(BIN)/llmtune dpo --recipe recipes/demo/dpo.yaml $(DEMO_SET)
+	$(BIN)/llmtune rm --recipe recipes/demo/rm.yaml $(DEMO_SET)
+	$(BIN)/llmtune bon --model runs/demo/sft --reward runs/demo/rm --prompts data/builtin/eval_preference.jsonl \
+		--n 4 --max-new-tokens 32 --out runs/demo/bon --overwrite
+	$(BIN)/llmtune eval --model runs/demo/dpo --reference runs/demo/sft --data data/builtin/eval_preference.jsonl \
+		--no-generate
+	$(BIN)/llmtune eval --model runs/demo/rm --data data/builtin/eval_preference.jsonl
+
 clean:
 	rm -rf runs/demo data/builtin .cache/llmtune
 
