@@ -81,7 +81,6 @@ class Setup:
     seq_len: int
     checkpointing: bool
     masked: bool
-    packed: bool
     lora_dropout: bool
     trainable_layers: int
     sharding: Sharding
@@ -93,10 +92,11 @@ class Setup:
 
     @property
     def mask_width(self) -> int:
-        """Keys per query in the attention mask sdpa gets: packed rows are one row of every token in the batch."""
-        if not self.masked:
-            return 0
-        return self.rows * self.seq_len if self.packed else self.seq_len
+        """Keys per query in the (rows, 1, length, length) mask sdpa and eager get; flash attention needs none.
+
+        Padded rows get a padding mask, packed rows a block-diagonal one built from their position_ids.
+        """
+        return self.seq_len if self.masked else 0
 
     @property
     def act_bytes(self) -> int:
@@ -163,7 +163,6 @@ def resolve_setup(recipe: Recipe, device: Device = "gpu", nproc: int | None = No
         seq_len=recipe.data.max_length,
         checkpointing=recipe.train.gradient_checkpointing,
         masked=recipe.model.attn_implementation != "flash_attention_2",
-        packed=recipe.packing,
         lora_dropout=recipe.method.lora.dropout > 0,
         trainable_layers=recipe.method.freeze.trainable_layers,
         sharding=sharding_from_config(recipe.train.accelerate_config, procs),
