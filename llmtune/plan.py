@@ -8,7 +8,7 @@ against the measured peak of real training steps on CPU.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Literal
 
 from llmtune.distributed import Sharding, sharding_from_config
@@ -284,8 +284,3 @@ def estimate(f: ModelFacts, s: Setup) -> Estimate:
     return Estimate(
         weights, grads, states, activations, head_temp, overhead, peak + overhead, phase, host_weights + host_states
     )
-
-
-def with_changes(s: Setup, **changes: object) -> Setup:
-    """A copy of the setup with some fields changed (what a suggestion would do)."""
-    return replace(s, **changes)
