@@ -42,9 +42,10 @@ def build(recipe: Recipe, args_common: dict[str, Any]) -> DPOTrainer:
         load_tokenizer,
         lora_config,
     )
-    from llmtune.stages.rm import check_kept
+    from llmtune.stages.rm import check_kept, warn_if_lora_ignored
     from llmtune.train import build_config
 
+    warn_if_lora_ignored(recipe)
     tokenizer = load_tokenizer(recipe)
     train, evals = load_splits(recipe)
     ref_model = load_reference(recipe) if recipe.dpo.reference else None

@@ -58,6 +58,7 @@ def _apply_method(model: PreTrainedModel, recipe: Recipe) -> PreTrainedModel:
 
     if not recipe.model.adapter:
         return apply_method(model, recipe, task_type="SEQ_CLS")
+    warn_if_lora_ignored(recipe)
     from peft import PeftConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
     from peft.utils import load_peft_weights
 
@@ -74,6 +75,15 @@ def _apply_method(model: PreTrainedModel, recipe: Recipe) -> PreTrainedModel:
         raise UserError(f"model.adapter: {path} has weights this model lacks (e.g. {unknown[0]}); is it for this base?")
     set_peft_model_state_dict(scorer, {**state, **saved})
     return scorer
+
+
+def warn_if_lora_ignored(recipe: Recipe) -> None:
+    """With model.adapter the earlier adapter is trained further in its own shape, so method.lora does not apply."""
+    if recipe.model.adapter and "lora" in recipe.method.model_fields_set:
+        console.warn(
+            f"method.lora is ignored: the adapter {recipe.model.adapter} is trained further with its own rank and "
+            "target modules"
+        )
 
 
 def check_kept(before: int, after: int, max_length: int, what: str) -> None:
