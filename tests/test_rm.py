@@ -2,9 +2,10 @@
 
 The model is the tiny randomly initialised LLaMA, which in 60 steps learns only the preferences visible on the
 surface of the answer: the built-in tasks convert (2000 m, not 200 m), uppercase (NEST, not Nest) and sort (digits
-in order). So held-out accuracy is measured on 72 fresh pairs of those three tasks: 0.29-0.51 with the random head,
-0.71-0.83 after training across the seeds and methods tried. On all eight tasks (arithmetic and spelling stay at
-chance for such a model) accuracy rose only from about 0.5 to 0.57-0.68, too close to call robustly.
+in order). So held-out accuracy is measured on 72 fresh pairs of those three tasks: 0.32 with this seed's random
+head, 0.69 after 60 steps of lora or full (0.29-0.51 -> 0.71-0.83 across the other seeds and data tried). On all
+eight tasks (arithmetic and spelling stay at chance for such a model) accuracy rose only from about 0.5 to
+0.57-0.68, too close to call robustly.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def test_rm_raises_heldout_reward_accuracy_and_reloads_as_the_same_scorer(
     history = eval_history(result.output_dir)
     before, after = history[0], history[-1]
     assert (before["step"], after["step"]) == (0, 60)
-    assert after["eval_accuracy"] >= 0.65 and after["eval_accuracy"] >= before["eval_accuracy"] + 0.15, (before, after)
+    assert after["eval_accuracy"] >= 0.62 and after["eval_accuracy"] >= before["eval_accuracy"] + 0.15, (before, after)
     assert after["eval_margin"] > before["eval_margin"] + 0.05 and after["eval_loss"] < before["eval_loss"] - 0.02
 
     held_out = [dict(row) for row in load_splits(recipe)[1]]
