@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from llmtune.errors import UserError
+from llmtune.errors import UserError, not_utf8
 from llmtune.schema import Recipe, nested_model
 
 Position = tuple[str, int]  # (file, 1-based line)
@@ -27,11 +27,20 @@ class _Loaded:
 
 
 def _line_positions(node: yaml.Node, file: str, prefix: tuple[str, ...], out: dict) -> None:
-    """Record where each key (and list item) was written, so errors can point at file:line."""
+    """Record where each key (and list item) was written, so errors can point at file:line.
+
+    A key written twice in one mapping is refused: YAML loaders silently keep the last one.
+    """
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
             path = (*prefix, str(key_node.value))
-            out[path] = (file, key_node.start_mark.line + 1)
+            line = key_node.start_mark.line + 1
+            if path in out:
+                raise UserError(
+                    f"{file}:{line}: duplicate key {'.'.join(path)!r} (first written at line {out[path][1]}); "
+                    "keep one of them"
+                )
+            out[path] = (file, line)
             _line_positions(value_node, file, path, out)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
@@ -45,15 +54,19 @@ def _read_yaml(path: Path) -> _Loaded:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise UserError(f"{path}: recipe file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read the recipe ({exc})") from None
+    except UnicodeDecodeError:
+        raise not_utf8(str(path), path.read_bytes(), "save the recipe as UTF-8") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read the recipe ({exc.strerror or exc})") from None
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        raise UserError(f"{where}: YAML syntax error: {exc.problem or exc.context}") from None
+        context = exc.context_mark if exc.problem and exc.context else None
+        opened = f" ({exc.context} opened at line {context.line + 1})" if context and context.line != mark.line else ""
+        raise UserError(f"{where}: YAML syntax error: {exc.problem or exc.context}{opened}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -79,7 +92,7 @@ def _resolve(path: Path, chain: tuple[Path, ...]) -> _Loaded:
     path = path.resolve()
     if path in chain:
         cycle = " -> ".join(p.name for p in (*chain, path))
-        raise UserError(f"{chain[-1]}: `extends` forms a cycle: {cycle}")
+        raise UserError(f"{chain[-1]}: `extends` forms a cycle: {cycle}; remove one of these `extends:` lines")
     loaded = _read_yaml(path)
     parent_ref = loaded.data.pop("extends", None)
     if parent_ref is None:
@@ -95,8 +108,10 @@ def _resolve(path: Path, chain: tuple[Path, ...]) -> _Loaded:
     return _Loaded(deep_merge(parent.data, loaded.data), {**parent.positions, **loaded.positions})
 
 
-def apply_override(data: dict[str, Any], assignment: str) -> None:
-    """Apply one `--set a.b.c=value`; the value is parsed as YAML (so 1e-4, true, [a, b] keep their types)."""
+def apply_override(data: dict[str, Any], assignment: str) -> tuple[str, ...]:
+    """Apply one `--set a.b.c=value`; the value is parsed as YAML (so 1e-4, true, [a, b] keep their types).
+
+    Returns the key path that was set."""
     key, sep, raw = assignment.partition("=")
     if not sep or not key.strip():
         raise UserError(f"--set {assignment!r}: expected KEY=VALUE, e.g. --set train.lr=1e-4")
@@ -107,7 +122,7 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
     parts = key.strip().split(".")
     node: Any = data
     for depth, part in enumerate(parts[:-1]):
-        node = _step(node, part, parts[: depth + 1], create=True)
+        node = _step(node, part, parts[: depth + 1], key.strip())
     last = parts[-1]
     if isinstance(node, list):
         index = _index(node, last, parts)
@@ -116,6 +131,7 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
         node[last] = value
     else:
         raise UserError(f"--set {key}: {'.'.join(parts[:-1])} is a single value, not a section")
+    return tuple(parts)
 
 
 def _index(node: list, part: str, parts: list[str]) -> int:
@@ -124,13 +140,15 @@ def _index(node: list, part: str, parts: list[str]) -> int:
     return int(part)
 
 
-def _step(node: Any, part: str, walked: list[str], create: bool) -> Any:
+def _step(node: Any, part: str, walked: list[str], key: str) -> Any:
     if isinstance(node, list):
         return node[_index(node, part, walked)]
     if not isinstance(node, dict):
         raise UserError(f"--set {'.'.join(walked)}: {'.'.join(walked[:-1])} is a single value, not a section")
-    if create and not isinstance(node.get(part), (dict, list)):
+    if node.get(part) is None:
         node[part] = {}
+    elif not isinstance(node[part], (dict, list)):
+        raise UserError(f"--set {key}: {'.'.join(walked)} is a single value, not a section")
     return node[part]
 
 
@@ -152,12 +170,14 @@ def _field_names(loc: tuple[Any, ...]) -> list[str]:
 def _describe(error: dict[str, Any], positions: dict, origin: str) -> str:
     loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and p.startswith(("function-", "literal["))))
     dotted = ".".join(str(p) for p in loc) or "(top level)"
-    where = positions.get(tuple(str(p) for p in loc))
+    key = tuple(str(p) for p in loc)
+    below = (v for k, v in positions.items() if key and k[: len(key)] == key and not v[1])
+    where = positions.get(key) or next(below, None)  # a --set below the failing key is what changed it
     for cut in range(len(loc) - 1, 0, -1):
         if where:
             break
         where = positions.get(tuple(str(p) for p in loc[:cut]))
-    prefix = f"{where[0]}:{where[1]}" if where else origin
+    prefix = (f"{where[0]}:{where[1]}" if where[1] else where[0]) if where else origin
     kind = error["type"]
     if kind == "extra_forbidden":
         allowed = _field_names(loc[:-1])
@@ -179,7 +199,9 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     loaded = _resolve(path, ())
     data = loaded.data
     for assignment in overrides or []:
-        apply_override(data, assignment)
+        keys = apply_override(data, assignment)
+        loaded.positions = {k: v for k, v in loaded.positions.items() if k[: len(keys)] != keys}
+        loaded.positions[keys] = (f"--set {assignment}", 0)
     try:
         return Recipe.model_validate(data)
     except ValidationError as exc:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import typing
 from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Stage = Literal["pt", "sft", "rm", "dpo"]
 DataFormat = Literal["alpaca", "sharegpt", "messages", "text", "preference", "ranked"]
@@ -202,6 +202,16 @@ class DpoSpec(Strict):
 class HubSpec(Strict):
     endpoint: str | None = None
     """Hub or mirror URL; HF_ENDPOINT in the environment wins over it, --endpoint wins over both."""
+
+    @field_validator("endpoint")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value.strip()) if value is not None else None
+        if parts is not None and (parts.scheme not in ("http", "https") or not parts.netloc):
+            raise ValueError(f"{value!r} is not an http(s) URL; write it like https://hf-mirror.com")
+        return value
 
 
 class OutputSpec(Strict):
