@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from llmtune.errors import UserError
+from llmtune.errors import UserError, not_utf8
 
 if TYPE_CHECKING:
     from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
@@ -251,7 +251,10 @@ def read_prompts(path: Path) -> list[Prompt]:
 
     if not path.is_file():
         raise UserError(f"--prompts: {path} is not a file")
-    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise not_utf8(f"--prompts {path}", path.read_bytes(), "re-save the file as UTF-8") from None
     if path.suffix != ".jsonl":
         return [line for line in lines if line.strip()]
     prompts: list[Prompt] = []

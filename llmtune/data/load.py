@@ -82,7 +82,8 @@ def _source_format(src: DataSource, raw: Any, where: str, kind: str) -> str:
     if fmt not in FORMATS_OF_KIND[kind]:
         raise UserError(
             f"{src.path} is in format {fmt!r} ({KIND_OF_FORMAT[fmt]} rows), but this stage trains on {kind} rows "
-            f"(formats: {', '.join(FORMATS_OF_KIND[kind])})"
+            f"(formats: {', '.join(FORMATS_OF_KIND[kind])}); use data in one of these formats, or the stage that "
+            f"trains on {KIND_OF_FORMAT[fmt]} rows"
         )
     return fmt
 
@@ -131,7 +132,7 @@ def read_source(
 
 def _check_nonempty(report: SourceReport) -> None:
     if report.total == 0:
-        raise UserError(f"{report.label}: no rows (the file is empty)")
+        raise UserError(f"{report.label}: no rows (the file is empty); add rows or remove this source from the recipe")
     if report.skipped == report.total:
         raise UserError(
             f"{report.label}: none of its {report.total} rows is valid; first problems: {'; '.join(report.reasons)}"

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from llmtune.data.formats import RowError
-from llmtune.errors import UserError
+from llmtune.errors import UserError, not_utf8
 
 Raw = Iterator[tuple[str, Any]]
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -78,9 +78,14 @@ def _read_csv(path: Path, label: str) -> Raw:
 
 
 def _read_parquet(path: Path, label: str) -> Raw:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    for i, row in enumerate(pq.read_table(path).to_pylist(), start=1):
+    try:
+        table = pq.read_table(path)
+    except pa.ArrowException as exc:
+        raise UserError(f"{label}: not a readable Parquet file ({exc})") from None
+    for i, row in enumerate(table.to_pylist(), start=1):
         yield f"{label}: row {i}", row
 
 
@@ -166,15 +171,18 @@ def resolve_path(path: str, revision: str, endpoint: str | None) -> Path:
 def read_raw(local: Path, label: str, split: str, subset: str | None) -> Raw:
     """Rows of a file by its suffix, or of a dataset directory."""
     if local.is_dir():
-        return _guard_decode(_read_directory(local, split, subset, label), label)
+        return _guard_decode(_read_directory(local, split, subset, label), label, None)
     reader = READERS.get(local.suffix.lower())
     if reader is None:
         raise UserError(f"{label}: unsupported file type {local.suffix!r} (use {', '.join(READERS)} or a directory)")
-    return _guard_decode(reader(local, label), label)
+    return _guard_decode(reader(local, label), label, local)
 
 
-def _guard_decode(rows: Raw, label: str) -> Raw:
+def _guard_decode(rows: Raw, label: str, file: Path | None) -> Raw:
+    """Undecodable text becomes one UserError naming the file and, for a single file, the line."""
     try:
         yield from rows
     except UnicodeDecodeError as exc:
-        raise UserError(f"{label}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        if file is not None:
+            raise not_utf8(label, file.read_bytes(), "re-save the file as UTF-8") from None
+        raise UserError(f"{label}: not UTF-8 text ({exc.reason}); re-save its files as UTF-8") from None

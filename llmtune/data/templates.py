@@ -13,7 +13,7 @@ from typing import Any
 
 from llmtune import console
 from llmtune.data.formats import Messages
-from llmtune.errors import UserError
+from llmtune.errors import UserError, not_utf8
 
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "templates"
 Span = tuple[int, int]
@@ -39,17 +39,35 @@ def resolve_chat_template(tokenizer: Any, spec: str | None, *, required: bool = 
             f"set model.chat_template: chatml (or one of {', '.join(shipped_templates())}, or a Jinja file)"
         )
     if "{%" in spec or "{{" in spec:
-        return spec
+        return _checked(spec, "the template given in model.chat_template")
     shipped = SHIPPED_DIR / f"{spec}.jinja"
     if shipped.is_file():
         return shipped.read_text(encoding="utf-8")
     path = Path(spec).expanduser()
     if path.is_file():
-        return path.read_text(encoding="utf-8")
+        try:
+            return _checked(path.read_text(encoding="utf-8"), str(path))
+        except UnicodeDecodeError:
+            raise not_utf8(f"model.chat_template {path}", path.read_bytes(), "save it as UTF-8") from None
     raise UserError(
         f"model.chat_template {spec!r} is neither a shipped template ({', '.join(shipped_templates())}), "
         "an existing Jinja file, nor a Jinja template string"
     )
+
+
+def _checked(template: str, what: str) -> str:
+    """The template, once it compiles (with transformers' own Jinja environment); else a UserError naming the line."""
+    from jinja2 import TemplateSyntaxError
+    from transformers.utils.chat_template_utils import _compile_jinja_template
+
+    try:
+        _compile_jinja_template(template)
+    except TemplateSyntaxError as exc:
+        raise UserError(
+            f"model.chat_template: {what} is not a valid Jinja template (line {exc.lineno}: {exc.message}); fix it "
+            f"or use a shipped one ({', '.join(shipped_templates())})"
+        ) from None
+    return template
 
 
 def template_name(spec: str | None) -> str:

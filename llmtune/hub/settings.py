@@ -37,6 +37,8 @@ def project_endpoint(config: Path | None = None) -> str | None:
 
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text; save it as UTF-8.") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         raise UserError(f"{path}{f', line {mark.line + 1}' if mark else ''}: not valid YAML.") from None
@@ -57,6 +59,8 @@ def resolve_token(token_file: Path | None = None) -> tuple[str | None, str]:
             value = Path(token_file).expanduser().read_text(encoding="utf-8").strip()
         except OSError as exc:
             raise UserError(f"--token-file {token_file}: cannot read it ({exc.strerror or exc}).") from None
+        except UnicodeDecodeError:
+            raise UserError(f"--token-file {token_file} is not UTF-8 text; it must hold one token.") from None
         if not value or any(ch.isspace() for ch in value):
             raise UserError(f"--token-file {token_file} must hold exactly one token on one line.")
         return value, "--token-file"
