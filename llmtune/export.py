@@ -33,6 +33,16 @@ def check_out_dir(out: Path, overwrite: bool) -> None:
         raise UserError(f"--out: {out} is not empty; choose an empty directory or pass --overwrite to replace it")
 
 
+def check_shard_size(size: str) -> None:
+    """Refuse a --max-shard-size transformers cannot parse before the model is loaded."""
+    from huggingface_hub.serialization._base import parse_size_to_int  # what save_pretrained parses it with
+
+    try:
+        parse_size_to_int(size)
+    except ValueError:
+        raise UserError(f"--max-shard-size {size!r}: give a size in TB, GB, MB or KB, such as 5GB or 500MB") from None
+
+
 def merged_model(loaded: Loaded) -> Any:
     """The base with the adapter folded into its weights (peft's merge_and_unload); a plain model as is."""
     if loaded.adapter is None:
@@ -171,6 +181,7 @@ def export(
 ) -> Path:
     """Merge, save and (optionally) push; returns the output directory."""
     check_out_dir(out, overwrite)
+    check_shard_size(max_shard_size)
     loaded = load_for_inference(
         model, adapter, revision=revision, dtype=dtype, trust_remote_code=trust_remote_code, endpoint=endpoint
     )

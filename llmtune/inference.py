@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from llmtune.schema import Recipe
 
 Head = Literal["causal_lm", "sequence_classification"]
+DTYPES = ("auto", "checkpoint", "float32", "bfloat16", "float16")
 
 
 @dataclass
@@ -160,6 +161,8 @@ def _load_weights(model_dir: Path, head: Head, dtype: Any, recipe: Recipe | None
         raise UserError(f"--model: {model_dir} is not a model directory (no config.json in it)")
     if not any(model_dir.glob("*.safetensors")):
         raise UserError(f"--model: {model_dir} has no safetensors weights (pickle .bin weights are not loaded)")
+    from safetensors import SafetensorError
+
     auto = AutoModelForSequenceClassification if head == "sequence_classification" else AutoModelForCausalLM
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": trust, "use_safetensors": True}
     if head == "sequence_classification":
@@ -169,7 +172,10 @@ def _load_weights(model_dir: Path, head: Head, dtype: Any, recipe: Recipe | None
         from llmtune.modeling import quantization_config
 
         kwargs["quantization_config"] = quantization_config(recipe.method)
-    model = auto.from_pretrained(model_dir, **kwargs)
+    try:
+        model = auto.from_pretrained(model_dir, **kwargs)
+    except (OSError, SafetensorError) as exc:
+        raise UserError(f"--model: cannot load the weights in {model_dir} ({exc}); download the model again") from None
     if quantized:
         model = model.dequantize(dtype=dtype)
     return model
@@ -213,13 +219,23 @@ def load_for_inference(
     """Base model (+ adapter, active) in eval mode on `device` (default: cuda when present), with its tokenizer."""
     import torch
 
+    if dtype not in DTYPES:
+        raise UserError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
     base, adapter_dir = split_spec(model, adapter)
+    if adapter_dir is not None and not (adapter_dir / "adapter_model.safetensors").is_file():
+        raise UserError(f"--adapter: {adapter_dir} has no adapter_model.safetensors (pickle adapters are not loaded)")
     recipe = run_recipe(adapter_dir) if adapter_dir is not None else None
     if base is None:
         base = _adapter_base(adapter_dir, recipe)
     model_dir = resolve_dir(base, revision, endpoint, "--model")
     if recipe is None and adapter_dir is None:
         recipe = run_recipe(model_dir)
+    trust_remote_code = trust_remote_code or bool(recipe and recipe.model.trust_remote_code)
+    from llmtune.modeling import refuse_remote_code
+
+    refuse_remote_code(
+        model_dir, trust_remote_code, "llmtune runs such code only for a run whose recipe set model.trust_remote_code"
+    )
     head = _head(model_dir, adapter_dir)
     tokenizer = load_tokenizer_for(model_dir, adapter_dir, recipe, trust_remote_code)
     with quiet_loading():

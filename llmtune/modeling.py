@@ -52,7 +52,30 @@ def model_dir(recipe: Recipe) -> Path:
     path = resolve_local(recipe.model.name_or_path, recipe.model.revision, recipe)
     if not (path / "config.json").is_file():
         raise UserError(f"model.name_or_path: {path} is not a model directory (no config.json in it)")
+    refuse_remote_code(path, recipe.model.trust_remote_code, "set model.trust_remote_code: true only if you trust it")
+    _check_weights(path, recipe.model.allow_pickle)
     return path
+
+
+def refuse_remote_code(path: Path, trusted: bool, fix: str) -> None:
+    """Refuse a model that ships Python code (auto_map in config.json or tokenizer_config.json) unless trusted:
+    transformers would run it, or silently swap in its built-in class when the model type is a known one."""
+    if trusted:
+        return
+    import json
+
+    for name in ("config.json", "tokenizer_config.json"):
+        try:
+            auto_map = json.loads((path / name).read_text(encoding="utf-8")).get("auto_map")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if auto_map:
+            values = [v for value in dict(auto_map).values() for v in ([value] if isinstance(value, str) else value)]
+            code = sorted({v for v in values if isinstance(v, str)})
+            raise UserError(
+                f"{path} ships its own Python code ({name} auto_map: {', '.join(code)}), which would run when it is "
+                f"loaded; {fix}"
+            )
 
 
 def load_tokenizer(recipe: Recipe) -> PreTrainedTokenizerBase:
@@ -113,7 +136,12 @@ def quantization_config(method: MethodSpec) -> BitsAndBytesConfig | None:
 
 
 def _check_weights(path: Path, allow_pickle: bool) -> None:
-    if allow_pickle or any(path.glob("*.safetensors")) or not any(path.glob("*.bin")):
+    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+        raise UserError(
+            f"model.name_or_path: {path} has config.json but no weights (*.safetensors); point it at a complete model "
+            "directory, or download the model again"
+        )
+    if allow_pickle or any(path.glob("*.safetensors")):
         return
     raise UserError(
         f"model.name_or_path: {path} has only pickle weights (.bin), which can run code when loaded; "
@@ -126,7 +154,6 @@ def load_model(recipe: Recipe, *, head: Head = "causal_lm", num_labels: int = 1)
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     path = model_dir(recipe)
-    _check_weights(path, recipe.model.allow_pickle)
     kwargs: dict = {
         "dtype": resolve_dtype(recipe.model.dtype, recipe.method),
         "trust_remote_code": recipe.model.trust_remote_code,
@@ -141,10 +168,25 @@ def load_model(recipe: Recipe, *, head: Head = "causal_lm", num_labels: int = 1)
             from accelerate import PartialState
 
             kwargs["device_map"] = {"": PartialState().local_process_index}
-    if head == "sequence_classification":
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, **kwargs)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    import pickle
+
+    from safetensors import SafetensorError
+
+    try:
+        if head == "sequence_classification":
+            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, **kwargs)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except (OSError, SafetensorError) as exc:
+        raise UserError(
+            f"model.name_or_path: cannot load the weights in {path} ({exc}); the files may be incomplete or corrupt: "
+            "download the model again"
+        ) from None
+    except pickle.UnpicklingError:
+        raise UserError(
+            f"model.name_or_path: cannot load the weights in {path}: its pickle holds objects other than tensors, "
+            "which torch refuses to load (they could run code); convert the model to safetensors where you trust it"
+        ) from None
     if quant is not None:
         from peft import prepare_model_for_kbit_training
 
@@ -243,8 +285,27 @@ def apply_method(model: PreTrainedModel, recipe: Recipe, task_type: TaskType = "
         path = resolve_local(recipe.model.adapter, "main", recipe, what="model.adapter")
         if not (path / "adapter_config.json").is_file():
             raise UserError(f"model.adapter: {path} is not a PEFT adapter (no adapter_config.json in it)")
+        if not (path / "adapter_model.safetensors").is_file() and not recipe.model.allow_pickle:
+            raise UserError(
+                f"model.adapter: {path} has no adapter_model.safetensors; pickle weights (.bin) can run code when "
+                "loaded: convert them to safetensors, or set model.allow_pickle: true if you trust their author"
+            )
         return PeftModel.from_pretrained(model, str(path), is_trainable=True)
+    check_lora_targets(model, method)
     return get_peft_model(model, lora_config(method, task_type))
+
+
+def check_lora_targets(model: PreTrainedModel, method: MethodSpec) -> None:
+    """Every name in method.lora.target_modules and modules_to_save must match a module (as peft matches them):
+    peft silently ignores a misspelt one as long as another matches."""
+    names = [name for name, _ in model.named_modules() if name]
+    lora = method.lora
+    targets = [] if lora.target_modules == "all-linear" else list(lora.target_modules)
+    for key, wanted in (("target_modules", targets), ("modules_to_save", lora.modules_to_save)):
+        for target in wanted:
+            if not any(name == target or name.endswith(f".{target}") for name in names):
+                known = ", ".join(sorted({name.rsplit(".", 1)[-1] for name in names if not name[-1].isdigit()}))
+                raise UserError(f"method.lora.{key}: {target!r} matches no module of the model (names: {known})")
 
 
 def check_method(recipe: Recipe) -> None:
@@ -254,6 +315,9 @@ def check_method(recipe: Recipe) -> None:
             f"model.adapter is set but method.kind is {recipe.method.kind!r}; an adapter is trained further with "
             "method.kind: lora or qlora"
         )
+    adapter = recipe.model.adapter
+    if adapter and _looks_like_path(adapter) and not Path(adapter).expanduser().is_dir():
+        raise UserError(f"model.adapter: {adapter} is not a directory (an earlier run's output dir with the adapter)")
     if recipe.method.kind == "qlora":
         import importlib.util
 
