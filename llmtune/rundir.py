@@ -21,25 +21,23 @@ LIBRARIES = ("llmtune", "torch", "transformers", "trl", "peft", "datasets", "acc
 
 
 def last_checkpoint(out: Path) -> Path | None:
-    """The highest complete checkpoint-N in `out` (complete: trainer_state.json, written last, is there)."""
-    if not out.is_dir():
-        return None
-    found = [
-        (int(m.group(1)), p)
-        for p in out.iterdir()
-        if (m := CHECKPOINT_RE.match(p.name)) and (p / "trainer_state.json").is_file()
-    ]
-    return max(found)[1] if found else None
+    """The highest complete checkpoint-N in `out` (complete: sealed, see llmtune.checkpoints)."""
+    from llmtune.checkpoints import last_complete
+
+    return last_complete(out)
 
 
 def check_output_dir(out: Path, overwrite: bool, resume: bool) -> Path | None:
     """Refuse to mix runs: a non-empty dir needs overwrite or resume. Returns the checkpoint to resume from."""
     if out.exists() and not out.is_dir():
-        raise UserError(f"output.dir: {out} is a file, not a directory")
+        raise UserError(f"output.dir: {out} is a file, not a directory; choose a directory path for the run")
     if resume:
         checkpoint = last_checkpoint(out)
         if checkpoint is None:
-            raise UserError(f"--resume: {out} has no checkpoint to resume from (checkpoint-N with trainer_state.json)")
+            raise UserError(
+                f"--resume: {out} has no checkpoint to resume from (no complete checkpoint-N); run without --resume "
+                "(with --set output.overwrite=true to replace what is there)"
+            )
         return checkpoint
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise UserError(

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from llmtune import console
+from llmtune import checkpoints, console
 from llmtune.errors import UserError
 from llmtune.modeling import check_method, count_parameters, has_cuda
 from llmtune.rundir import (
@@ -105,7 +105,7 @@ def common_training_args(recipe: Recipe) -> dict[str, Any]:
         "logging_steps": t.logging_steps,
         "save_strategy": "steps",
         "save_steps": t.save_steps,
-        "save_total_limit": t.save_total_limit,
+        "save_total_limit": None,  # llmtune.checkpoints rotates sealed checkpoints by step instead
         "eval_strategy": "steps" if has_eval and t.eval_steps else "no",
         "eval_steps": t.eval_steps,
         "report_to": list(t.report_to) or "none",
@@ -158,7 +158,7 @@ def _metrics_logger(path: Path) -> Any:
         def on_log(self, args, state, control, logs=None, **kwargs):
             if state.is_world_process_zero and logs:
                 row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), **logs}
-                with path.open("a", encoding="utf-8") as f:
+                with checkpoints.write_errors(path.parent, path.name), path.open("a", encoding="utf-8") as f:
                     f.write(json.dumps(row) + "\n")
 
         def timings(self, steps: int) -> tuple[float | None, float | None]:
@@ -217,7 +217,8 @@ def _train(trainer: Trainer, out: Path, checkpoint: Path | None) -> tuple[Any, f
     evaluated = any("eval_loss" in row and row.get("step") == step for row in trainer.state.log_history)
     if trainer.eval_dataset is not None and not evaluated:
         trainer.evaluate()
-    save_final(trainer, out)
+    with checkpoints.write_errors(out, "the final model", partial=out / ".final-tmp"):
+        save_final(trainer, out)
     return output, time.perf_counter() - started
 
 
@@ -285,12 +286,15 @@ def run(recipe: Recipe, *, resume: bool = False) -> RunResult:
     set_seed(recipe.train.seed)
     trainer = get_stage(recipe.stage).build(recipe, common_training_args(recipe))
     logger = _attach(trainer, recipe, out, state.num_processes)
+    checkpoints.install(trainer, out, recipe.train.save_total_limit)
     state.wait_for_everyone()  # every process has checked the dir before the main one moves old contents aside
     with output_guard(out, replace=recipe.output.overwrite and checkpoint is None, is_main=state.is_main_process):
         if state.is_main_process:
-            write_recipe(out, recipe, state.num_processes)
-            if checkpoint is not None:
-                truncate_metrics(out / "metrics.jsonl", checkpoint_step(checkpoint))
+            with checkpoints.write_errors(out, "recipe.yaml and metrics.jsonl"):
+                write_recipe(out, recipe, state.num_processes)
+                if checkpoint is not None:
+                    checkpoints.remove_incomplete(out)
+                    truncate_metrics(out / "metrics.jsonl", checkpoint_step(checkpoint))
         state.wait_for_everyone()
         output, runtime = _train(trainer, out, checkpoint)
         result = _result(recipe, trainer, output, runtime, logger, state.num_processes)

@@ -145,7 +145,7 @@ def test_resume_after_a_kill_gives_the_uninterrupted_run_exactly(tiny_recipe, tm
         stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 120
-    while not (b_out / "checkpoint-3" / "trainer_state.json").is_file():
+    while not (b_out / "checkpoint-3" / "checkpoint_complete.json").is_file():
         assert proc.poll() is None and time.monotonic() < deadline, "run B ended before its first checkpoint"
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
