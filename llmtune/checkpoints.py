@@ -145,6 +145,22 @@ def write_errors(out: Path, what: str, partial: Path | None = None) -> Iterator[
         ) from None
 
 
+def resume_finished(trainer: Trainer, checkpoint: Path) -> Any | None:
+    """For a checkpoint at the run's last step: its weights and state put in the trainer, and a TrainOutput, with no
+    training; None when steps remain. transformers 5.23 resumed there trains one step past max_steps (its loop
+    checks the step count only after a step), so a kill during the final save would change the result."""
+    from transformers.trainer_callback import TrainerState
+    from transformers.trainer_utils import TrainOutput
+
+    state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+    target = trainer.args.max_steps if trainer.args.max_steps > 0 else state.max_steps
+    if state.global_step < target:
+        return None
+    trainer._load_from_checkpoint(str(checkpoint))
+    trainer.state = state
+    return TrainOutput(state.global_step, None, {})
+
+
 def install(trainer: Trainer, out: Path, keep: int | None) -> None:
     """Make the trainer's checkpoint saves sealed, rotated by step and clear on failure.
 

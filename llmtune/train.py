@@ -212,7 +212,8 @@ def _last(history: list[dict], key: str) -> float | None:
 
 def _train(trainer: Trainer, out: Path, checkpoint: Path | None) -> tuple[Any, float]:
     started = time.perf_counter()
-    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    output = checkpoints.resume_finished(trainer, checkpoint) if checkpoint else None
+    output = output or trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     step = trainer.state.global_step
     evaluated = any("eval_loss" in row and row.get("step") == step for row in trainer.state.log_history)
     if trainer.eval_dataset is not None and not evaluated:
