@@ -32,8 +32,9 @@ format: install
 docs: install
 	$(BIN)/python -m llmtune.docgen > docs/recipes.md
 
+# CPU benchmarks (about 10 minutes; docs/benchmarks.md); BENCH_ARGS=--quick checks the suite in a minute or two.
 bench: install
-	$(BIN)/python bench/cli_start.py
+	$(BIN)/python -m bench.run_all $(BENCH_ARGS)
 
 # The pipeline on the built-in data, CPU only: a tiny base -> pt -> sft -> dpo, each recipe reading the previous
 # run's output dir; then a reward model on the sft model and best-of-N data from it. Re-running replaces the runs.
