@@ -44,6 +44,9 @@ demo: install
 	test -d runs/demo/base || $(BIN)/llmtune init-model runs/demo/base --preset tiny
 	$(BIN)/llmtune pt --recipe recipes/demo/pt.yaml $(DEMO_SET)
 	$(BIN)/llmtune sft --recipe recipes/demo/sft-lora.yaml $(DEMO_SET)
+	@echo "== before (pretrained base) vs after LoRA SFT, on held-out tasks: loss, perplexity, exact match =="
+	$(BIN)/llmtune eval --model runs/demo/pt --compare runs/demo/sft --data data/builtin/eval_messages.jsonl \
+		--max-samples 96 --max-new-tokens 16 --out runs/demo/eval-sft.json
 	$(BIN)/llmtune dpo --recipe recipes/demo/dpo.yaml $(DEMO_SET)
 	$(BIN)/llmtune rm --recipe recipes/demo/rm.yaml $(DEMO_SET)
 	$(BIN)/llmtune bon --model runs/demo/sft --reward runs/demo/rm --prompts data/builtin/eval_preference.jsonl \
