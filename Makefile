@@ -72,3 +72,11 @@ $(MIRROR_VENV)/.installed: Makefile
 	$(MIRROR_VENV)/bin/python -m pip install -q $(OLAH)
 	touch $@
 # --- end of the llmtune download block
+
+# --- reliability soak (not in `make test`): long seeded chains of SIGKILLs (mid-step, mid-checkpoint-save) and
+# file-size-limit failures on one run per seed, each resumed and compared with the uninterrupted run.
+SOAK_KILLS ?= 25
+.PHONY: soak
+soak: install
+	LLMTUNE_SOAK_KILLS=$(SOAK_KILLS) $(BIN)/python -m pytest -q -s -p no:cacheprovider tests/test_crash_resume.py -k soak
+# --- end of the reliability soak block
