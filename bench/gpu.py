@@ -9,9 +9,9 @@ MFU = real tokens/s x k x N / peak. N counts the parameters that take part in a 
 model except the input embedding table, plus the LM head (for tied embeddings the head reuses that table but still
 costs vocab x hidden multiply-adds). k = 6 for full fine-tuning (forward 2N, backward 4N) and 4 for LoRA/QLoRA
 (the frozen base gets input gradients, 2N, but no weight gradients; the adapters' own FLOPs are ignored).
-Attention-score FLOPs and activation-checkpointing recomputation are not counted (so at 2,048 tokens MFU reads
-about 10% low for 1B). Padding tokens are not counted either. Peak = dense bf16 tensor-core FLOP/s of the device:
-H100 SXM and H200 989 TFLOP/s, H100 PCIe 756, A100 312; --peak-tflops for others.
+Attention-score FLOPs and activation-checkpointing recomputation are not counted (PaLM's 12 x layers x hidden x
+sequence per token would add 11% for 1B at 2,048 tokens), nor are padding tokens. Peak = dense bf16 tensor-core
+FLOP/s of the device: H100 SXM and H200 989 TFLOP/s, H100 PCIe 756, A100 312; --peak-tflops for others.
 
 --dry-run runs the same code on the CPU with a tiny shape, so the script is exercised where no GPU is lent.
 """
@@ -87,6 +87,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--work", type=Path, default=WORK / "gpu", help="model dirs, data and runs")
     p.add_argument("--dry-run", action="store_true", help="CPU, tiny shape, 5 steps of 128 tokens: checks the path")
     p.add_argument("--variant", help=argparse.SUPPRESS)  # internal: run one variant (JSON) in this process
+    p.add_argument("--write-model", help=argparse.SUPPRESS)  # internal: write one shape's model dir
     args = p.parse_args(argv)
     if args.dry_run:
         args.shapes, args.seq, args.steps = "tiny", 128, 5
@@ -134,8 +135,9 @@ def peak_flops(device_name: str, override_tflops: float | None) -> float | None:
     return next((tf * 1e12 for key, tf in PEAK_TFLOPS if key in device_name), None)
 
 
-def write_model(shape: str, work: Path, device: str) -> Path:
-    """A model dir of `shape` with random bf16 weights and the tiny init-model tokenizer (its ids fit any vocab)."""
+def write_model(shape: str, work: Path) -> Path:
+    """A model dir of `shape` with random weights (bf16, made on the GPU; fp32 on the CPU) and the tiny init-model
+    tokenizer, whose ids fit any vocabulary. Run in a child process, so no GPU memory stays held by the parent."""
     import shutil
 
     import torch
@@ -150,6 +152,7 @@ def write_model(shape: str, work: Path, device: str) -> Path:
         **SHAPES[shape], max_position_embeddings=8192, rope_theta=500000.0, rms_norm_eps=1e-5,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )  # fmt: skip
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
@@ -282,24 +285,27 @@ def main(argv: list[str] | None = None) -> None:
         v = Variant(**json.loads(args.variant))
         print(RESULT + json.dumps(run_variant(v, args.work, args.peak_tflops)), flush=True)
         return
+    if args.write_model:
+        write_model(args.write_model, args.work)
+        return
     import torch
 
-    device = "cuda" if torch.cuda.is_available() and not args.dry_run else "cpu"
-    if device == "cpu" and not args.dry_run:
+    if not torch.cuda.is_available() and not args.dry_run:  # no CUDA context is made here: children do the work
         sys.exit("no CUDA device: run with --dry-run to check the path on the CPU (tiny shape)")
-    name = torch.cuda.get_device_name() if device == "cuda" else "cpu (dry run)"
-    peak = peak_flops(name, args.peak_tflops) if device == "cuda" else None
-    peak_text = f"{peak / 1e12:.0f} TFLOP/s" if peak else "unknown"
-    print(f"device: {name}; dense bf16 peak {peak_text}; batch {args.batch_size} x {args.seq} tokens, "
-          f"{args.steps} steps, checkpointing {args.checkpointing}, attention {args.attn}")  # fmt: skip
+    print(f"batch {args.batch_size} x {args.seq} tokens, {args.steps} steps, activation checkpointing "
+          f"{args.checkpointing}, attention {args.attn}{'; dry run' if args.dry_run else ''}")  # fmt: skip
     print(f"  {'variant':28s} {'tokens/s':>10s} {'MFU':>7s} {'peak GiB':>9s}")
     args.work.mkdir(parents=True, exist_ok=True)
     results = []
     for v in variants(args):
         reason = skip_reason(v)
-        if reason is None:
-            write_model(v.shape, args.work, device)
+        if reason is None and not (args.work / f"model-{v.shape}" / "config.json").is_file():
+            subprocess.run([sys.executable, "-m", "bench.gpu", "--write-model", v.shape, "--work", str(args.work)],
+                           check=True)  # fmt: skip
         row = {"variant": v.name, "skipped": f"skipped: {reason}"} if reason else run_child(v, args)
+        if "device" in row and not any("device" in r for r in results):
+            peak = peak_flops(row["device"], args.peak_tflops) if row["device"] != "cpu" else None
+            print(f"  device: {row['device']}; dense bf16 peak {f'{peak / 1e12:.0f} TFLOP/s' if peak else 'unknown'}")
         results.append(row)
         print(fmt(row), flush=True)
     print("\n".join(f"  anchor: {a}" for a in ANCHORS))
