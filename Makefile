@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $@
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 lint: install
 	$(BIN)/ruff check llmtune tests bench
