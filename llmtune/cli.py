@@ -196,72 +196,38 @@ def _launch_options(*values):  # noqa: ANN202 - returns llmtune.launch.LaunchOpt
     return LaunchOptions(*values)
 
 
-@app.command("sft")
-def sft(
-    recipe: RecipeOpt,
-    set_: SetOpt = None,
-    resume: ResumeOpt = False,
-    nproc: NprocOpt = None,
-    accelerate_config: AccelOpt = None,
-    num_machines: MachinesOpt = 1,
-    machine_rank: RankOpt = 0,
-    main_process_ip: MainIpOpt = None,
-    main_process_port: MainPortOpt = None,
-) -> None:
-    """Supervised fine-tuning on chat or instruction data (full, freeze, lora or qlora)."""
-    opts = (nproc, accelerate_config, num_machines, machine_rank, main_process_ip, main_process_port)
-    _train_command("sft", recipe, set_, resume, _launch_options(*opts))
+TRAINING_COMMANDS = {
+    "sft": "Supervised fine-tuning on chat or instruction data (full, freeze, lora or qlora).",
+    "pt": "Continued pretraining on plain text (every token trained, packed by default).",
+    "rm": "Train a reward model (a scalar head on the base) on preference pairs: chosen must outscore rejected.",
+    "dpo": "Direct preference optimisation against a frozen reference (the starting model unless dpo.reference).",
+}
 
 
-@app.command("pt")
-def pt(
-    recipe: RecipeOpt,
-    set_: SetOpt = None,
-    resume: ResumeOpt = False,
-    nproc: NprocOpt = None,
-    accelerate_config: AccelOpt = None,
-    num_machines: MachinesOpt = 1,
-    machine_rank: RankOpt = 0,
-    main_process_ip: MainIpOpt = None,
-    main_process_port: MainPortOpt = None,
-) -> None:
-    """Continued pretraining on plain text (every token trained, packed by default)."""
-    opts = (nproc, accelerate_config, num_machines, machine_rank, main_process_ip, main_process_port)
-    _train_command("pt", recipe, set_, resume, _launch_options(*opts))
+def _register_training_command(stage: str, summary: str) -> None:
+    """The four training commands share one signature; each checks that the recipe's stage matches it."""
+
+    def command(
+        recipe: RecipeOpt,
+        set_: SetOpt = None,
+        resume: ResumeOpt = False,
+        nproc: NprocOpt = None,
+        accelerate_config: AccelOpt = None,
+        num_machines: MachinesOpt = 1,
+        machine_rank: RankOpt = 0,
+        main_process_ip: MainIpOpt = None,
+        main_process_port: MainPortOpt = None,
+    ) -> None:
+        opts = (nproc, accelerate_config, num_machines, machine_rank, main_process_ip, main_process_port)
+        _train_command(stage, recipe, set_, resume, _launch_options(*opts))
+
+    command.__doc__ = summary
+    command.__name__ = stage
+    app.command(stage)(command)
 
 
-@app.command("rm")
-def rm(
-    recipe: RecipeOpt,
-    set_: SetOpt = None,
-    resume: ResumeOpt = False,
-    nproc: NprocOpt = None,
-    accelerate_config: AccelOpt = None,
-    num_machines: MachinesOpt = 1,
-    machine_rank: RankOpt = 0,
-    main_process_ip: MainIpOpt = None,
-    main_process_port: MainPortOpt = None,
-) -> None:
-    """Train a reward model (a scalar head on the base) on preference pairs: chosen must outscore rejected."""
-    opts = (nproc, accelerate_config, num_machines, machine_rank, main_process_ip, main_process_port)
-    _train_command("rm", recipe, set_, resume, _launch_options(*opts))
-
-
-@app.command("dpo")
-def dpo(
-    recipe: RecipeOpt,
-    set_: SetOpt = None,
-    resume: ResumeOpt = False,
-    nproc: NprocOpt = None,
-    accelerate_config: AccelOpt = None,
-    num_machines: MachinesOpt = 1,
-    machine_rank: RankOpt = 0,
-    main_process_ip: MainIpOpt = None,
-    main_process_port: MainPortOpt = None,
-) -> None:
-    """Direct preference optimisation against a frozen reference (the starting model unless dpo.reference)."""
-    opts = (nproc, accelerate_config, num_machines, machine_rank, main_process_ip, main_process_port)
-    _train_command("dpo", recipe, set_, resume, _launch_options(*opts))
+for _stage, _summary in TRAINING_COMMANDS.items():
+    _register_training_command(_stage, _summary)
 
 
 @app.command("bon")
