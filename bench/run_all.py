@@ -68,14 +68,14 @@ def value_text(value: float | None) -> str:
 
 
 def summary(results: list[dict[str, Any]]) -> str:
-    lines = [f"{'metric':58s} {'value':>9s}  {'goal':>18s}  {'':4s} note", "-" * 120]
+    lines = [f"{'metric':66s} {'value':>9s}  {'goal':>18s}  {'':4s} note", "-" * 128]
     for res in results:
         if res.get("error"):
-            lines.append(f"{res['bench']:58s} {'FAILED':>9s}  {res['error']}")
+            lines.append(f"{res['bench']:66s} {'FAILED':>9s}  {res['error']}")
         for row in res["rows"]:
             verdict = {True: "ok", False: "MISS", None: ""}[row["ok"]]
             lines.append(
-                f"{row['metric']:58s} {value_text(row['value']):>9s}  {row['goal']:>18s}  {verdict:4s} {row['note']}"
+                f"{row['metric']:66s} {value_text(row['value']):>9s}  {row['goal']:>18s}  {verdict:4s} {row['note']}"
             )
     return "\n".join(lines)
 

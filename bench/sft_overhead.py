@@ -42,7 +42,7 @@ class Settings:
     max_length: int = 256
     batch_size: int = 4
     lr: float = 2e-4
-    steps: int = 30
+    steps: int = 15
     seed: int = 42
     logging_steps: int = 10
     threads: int = 1
@@ -150,7 +150,8 @@ METRICS = (
 
 
 def report(preset: str, figures: dict) -> list[dict]:
-    """Print the table for one model and return its summary rows (ratios of medians, paired spread beside).
+    """Print the table for one model and return its summary rows: the median of the paired ratios (each llmtune
+    run over the TRL run beside it, which cancels slow load drift), with their spread.
 
     Wall-clock figures are the goals; CPU-time figures are printed beside them because on a shared machine they
     move much less with other people's load.
@@ -163,8 +164,10 @@ def report(preset: str, figures: dict) -> list[dict]:
         print(f"  {label + ' ' + unit:26s}" + "".join(f"{c:>24s}" for c in cells))
     rows = []
     for key, label, _, _ in METRICS:
-        ratio = median(figures["llmtune"][key]) / median(figures["trl"][key])
-        note = f"paired {spread(paired_ratios(figures, key))}"
+        pairs = paired_ratios(figures, key)
+        ratio = median(pairs)
+        of_medians = median(figures["llmtune"][key]) / median(figures["trl"][key])
+        note = f"paired {spread(pairs)}; ratio of medians {of_medians:.3f}"
         if key.startswith("first_step"):
             note += f"; warm cache {median(figures['llmtune-warm'][key]) / median(figures['trl'][key]):.2f}"
         goal = f"<= {GOAL}" if "cpu" not in key else "(info)"
@@ -177,8 +180,8 @@ def report(preset: str, figures: dict) -> list[dict]:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="llmtune sft vs a plain TRL script: first step, steady step, peak RSS")
     p.add_argument("--models", default="tiny,small", help="comma-separated init-model presets")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--steps", type=int, default=15)
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (0: library default)")
     args = p.parse_args(argv)
     s = Settings(steps=args.steps, threads=args.threads)

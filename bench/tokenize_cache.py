@@ -94,8 +94,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  rep {rep + 1}: " + "  ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items())
               + f"  (load {load_average()})", flush=True)  # fmt: skip
     plain, cold, warm = (median(times[k]) for k in ("plain", "cold", "warm"))
-    cold_vs_plain = plain / cold
-    warm_share = warm / cold
+    cold_vs_plain = median([p / c for p, c in zip(times["plain"], times["cold"], strict=True)])  # paired per repeat
+    warm_share = median([w / c for w, c in zip(times["warm"], times["cold"], strict=True)])
     print(f"  plain batched: {args.rows / plain:9,.0f} conversations/s {tokens / plain:11,.0f} tokens/s "
           f"({spread(times['plain'])} s)")  # fmt: skip
     print(f"  llmtune cold:  {args.rows / cold:9,.0f} conversations/s {tokens / cold:11,.0f} tokens/s "
