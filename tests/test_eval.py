@@ -17,24 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from cli_runner import run_main as cli
 
 from llmtune.evaluation import sequence_logprobs, text_windows
-
-
-def cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
-    """Run `llmtune ARGS` in-process through the real entry point; returns (exit code, stdout, stderr)."""
-    from llmtune.cli import main
-
-    argv, sys.argv = sys.argv, ["llmtune", *args]
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    finally:
-        sys.argv = argv
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def load_json(path: Path) -> dict:

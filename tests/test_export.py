@@ -6,30 +6,14 @@ and the numbers and no secrets; a non-empty --out is refused.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from cli_runner import run_main as cli
 
 PROBE = torch.tensor([[5, 17, 99, 250, 3, 41, 77, 300, 12, 8, 64, 128]])
-
-
-def cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
-    """Run `llmtune ARGS` in-process through the real entry point; returns (exit code, stdout, stderr)."""
-    from llmtune.cli import main
-
-    argv, sys.argv = sys.argv, ["llmtune", *args]
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    finally:
-        sys.argv = argv
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def logits(model: torch.nn.Module) -> torch.Tensor:

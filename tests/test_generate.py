@@ -7,32 +7,16 @@ from __future__ import annotations
 
 import io
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from cli_runner import run_main as cli
 
 from llmtune.errors import UserError
 from llmtune.generation import DecodeOptions, build_generation_config, chat_loop, generate, render_prompts
 
 PROMPTS = ["Add the two numbers.\n3 4", "Reverse the word: cat", "Sort: 9 1 5", "hi"]
-
-
-def cli(capsys: pytest.CaptureFixture, *args: str, stdin: str = "") -> tuple[int, str, str]:
-    """Run `llmtune ARGS` in-process through the real entry point; returns (exit code, stdout, stderr)."""
-    from llmtune.cli import main
-
-    argv, stdin_was, sys.argv, sys.stdin = sys.argv, sys.stdin, ["llmtune", *args], io.StringIO(stdin)
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    finally:
-        sys.argv, sys.stdin = argv, stdin_was
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")
