@@ -26,7 +26,7 @@ def ensure_model(preset: str, work: Path = WORK) -> Path:
     """A local model of an `llmtune init-model` preset (tiny, small), built once under the workspace."""
     out = work / preset
     if not (out / "model.safetensors").is_file():
-        from llmtune.init_model import init_model
+        from llmtune.jobs.init_model import init_model
 
         init_model(out, preset=preset, seed=0, overwrite=True)
     return out

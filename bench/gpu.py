@@ -201,7 +201,7 @@ def run_variant(v: Variant, work: Path, peak_tflops: float | None) -> dict[str, 
     from bench.llmtune_timed import counting
     from llmtune import console
     from llmtune.stages import sft
-    from llmtune.train import common_training_args
+    from llmtune.stages.args import common_training_args
 
     console.set_verbosity(console.QUIET)
     cuda = torch.cuda.is_available()

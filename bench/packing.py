@@ -85,7 +85,7 @@ def build_trainers(model_dir: Path, data: Path, args: argparse.Namespace) -> dic
     """The sft stage's trainers (packing off, on) for `data`, built as `llmtune sft` builds them."""
     from llmtune.recipe import load_recipe
     from llmtune.stages import sft
-    from llmtune.train import common_training_args
+    from llmtune.stages.args import common_training_args
 
     trainers = {}
     for packing in (False, True):

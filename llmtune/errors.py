@@ -24,3 +24,30 @@ def not_utf8(label: str, data: bytes, fix: str) -> UserError:
             byte = line[exc.start]
             return UserError(f"{label}:{line_no}: not UTF-8 text (byte 0x{byte:02x} at column {exc.start + 1}); {fix}")
     return UserError(f"{label}: not UTF-8 text; {fix}")
+
+
+EXTRAS = {
+    "rouge_score": ("metrics", "rouge-score"),
+    "tensorboard": ("tensorboard", "tensorboard"),
+    "deepspeed": (None, "deepspeed"),
+}
+"""Optional packages: import name -> (llmtune extra that installs it, its pip name)."""
+
+
+def has_module(name: str) -> bool:
+    """True when `name` can be imported (checked without importing it)."""
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+def install_hint(name: str) -> str:
+    """How to get an optional package: `pip install 'llmtune[extra]'` (or its pip name)."""
+    extra, pip_name = EXTRAS.get(name, (None, name))  # type: ignore[assignment]
+    return f"pip install 'llmtune[{extra}]'" if extra else f"pip install {pip_name}"
+
+
+def require_module(name: str, feature: str) -> None:
+    """A UserError naming what to install when `feature` needs a package that is not installed."""
+    if not has_module(name):
+        raise UserError(f"{feature} needs the {EXTRAS.get(name, (None, name))[1]} package: {install_hint(name)}")

@@ -16,7 +16,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny LLaMA (2 layers, hidden 64) with a 512-token ChatML tokenizer, written once; treat it as read-only."""
-    from llmtune.init_model import init_model
+    from llmtune.jobs.init_model import init_model
 
     out = tmp_path_factory.mktemp("tiny-model") / "model"
     init_model(out, preset="tiny", vocab_size=512, seed=0)
@@ -97,7 +97,7 @@ def tiny_sft_adapter(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: P
     import yaml
 
     from llmtune.recipe import load_recipe
-    from llmtune.train import run
+    from llmtune.training.run import run
 
     root = tmp_path_factory.mktemp("sft-adapter")
     recipe = {

@@ -1,4 +1,4 @@
-"""Measure the peak tensor memory of real `llmtune.train.run` calls on CPU (run as a script by tests/test_plan.py).
+"""Measure the peak tensor memory of real `llmtune.training.run.run` calls on CPU (a script run by test_plan.py).
 
 usage: python tests/memprobe.py OUT.json RECIPE.yaml [RECIPE.yaml ...]
 
@@ -51,11 +51,11 @@ class LiveTensorBytes(TorchDispatchMode):
 
 
 def measure(recipe_path: str) -> dict[str, float]:
-    """Run one recipe through llmtune.train.run with the tracker around Trainer.train."""
+    """Run one recipe through llmtune.training.run.run with the tracker around Trainer.train."""
     from transformers import Trainer
 
     from llmtune.recipe import load_recipe
-    from llmtune.train import run
+    from llmtune.training.run import run
 
     tracker = LiveTensorBytes()
     original = Trainer.train

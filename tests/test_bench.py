@@ -27,7 +27,7 @@ def test_trl_baseline_sees_the_same_batches_as_llmtune(tmp_path, tiny_model_dir,
     from bench.trl_baseline import build_trainer, parse_args
     from llmtune.recipe import load_recipe
     from llmtune.stages import sft
-    from llmtune.train import common_training_args
+    from llmtune.stages.args import common_training_args
 
     data, s = tiny_data_dir / "sft_messages.jsonl", Settings(max_length=128, steps=4)
     ordered = trl_order(data, s.seed, tmp_path / "ordered.jsonl")

@@ -12,13 +12,14 @@ import pytest
 import torch
 import yaml
 
-from llmtune.bon import BonOptions, best_of_n, pick, prompt_messages
 from llmtune.data.formats import RowError
 from llmtune.data.load import load_splits
 from llmtune.errors import UserError
+from llmtune.infer.prompts import prompt_messages
+from llmtune.infer.score import load_scorer, score
+from llmtune.jobs.bon import BonOptions, best_of_n, pick
 from llmtune.recipe import load_recipe
-from llmtune.stages.rm import load_scorer, score
-from llmtune.train import run
+from llmtune.training.run import run
 
 N = 4
 

@@ -26,10 +26,10 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from llmtune.checkpoints import SEAL, checkpoint_dirs, is_complete, last_complete
 from llmtune.recipe import load_recipe
-from llmtune.rundir import checkpoint_step
-from llmtune.train import run
+from llmtune.training.checkpoints import SEAL, checkpoint_dirs, is_complete, last_complete
+from llmtune.training.run import run
+from llmtune.training.rundir import checkpoint_step
 
 TRAIN = {"max_steps": 12, "batch_size": 4, "lr": 3.0e-3, "scheduler": "cosine", "logging_steps": 1,
          "save_steps": 2, "save_total_limit": 2, "seed": 0}  # fmt: skip

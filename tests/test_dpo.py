@@ -13,10 +13,11 @@ import torch
 from safetensors.torch import load_file
 
 from llmtune.errors import UserError
-from llmtune.evaluation import preference_metrics, sequence_logprobs
+from llmtune.eval.measure import preference_metrics, sequence_logprobs
 from llmtune.recipe import load_recipe
 from llmtune.stages import dpo
-from llmtune.train import common_training_args, run
+from llmtune.stages.args import common_training_args
+from llmtune.training.run import run
 
 LORA = {"kind": "lora", "lora": {"r": 16, "alpha": 32, "dropout": 0.0}}
 

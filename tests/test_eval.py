@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from cli_runner import run_main as cli
 
-from llmtune.evaluation import sequence_logprobs, text_windows
+from llmtune.eval.measure import sequence_logprobs, text_windows
 
 
 def load_json(path: Path) -> dict:
@@ -110,7 +110,7 @@ def test_chat_perplexity_uses_the_training_masks(tiny, tiny_model_dir, tiny_reci
 
 
 def test_generation_metrics_score_greedy_answers(tiny, tiny_model_dir, tiny_data_dir, tmp_path, capsys) -> None:
-    from llmtune.generation import DecodeOptions, generate
+    from llmtune.infer.generate import DecodeOptions, generate
 
     model, tokenizer = tiny
     rows = [json.loads(line) for line in (tiny_data_dir / "eval_messages.jsonl").read_text().splitlines()][:6]
@@ -134,7 +134,7 @@ def test_generation_metrics_score_greedy_answers(tiny, tiny_model_dir, tiny_data
 
 def test_shipped_metrics_load_with_the_network_off(tmp_path: Path) -> None:
     code = (
-        "from llmtune.metrics import load_metric\n"
+        "from llmtune.eval.metrics import load_metric\n"
         "em = load_metric('exact_match').compute(predictions=['8.', ' cat', 'x'], references=['8', 'cat', 'y'])\n"
         "rouge = load_metric('rouge').compute(predictions=['the cat sat'], references=['the cat ran'])\n"
         "print(round(em['exact_match'], 4), round(rouge['rougeL'], 4))\n"
@@ -252,7 +252,7 @@ def test_eval_input_errors_exit_2(tiny_model_dir, tmp_path, capsys) -> None:
 
 def test_compare_columns_start_with_the_recipes_run(tiny_recipe, tmp_path) -> None:
     from llmtune.errors import UserError
-    from llmtune.eval_job import plan_specs
+    from llmtune.eval.job import plan_specs
     from llmtune.recipe import load_recipe
 
     recipe = load_recipe(tiny_recipe())

@@ -72,7 +72,7 @@ def test_qlora_adapter_is_merged_into_the_dequantized_base(tiny_recipe, tmp_path
 
     from llmtune import modeling
     from llmtune.recipe import load_recipe
-    from llmtune.train import run
+    from llmtune.training.run import run
 
     method = {"kind": "qlora", "lora": {"r": 4, "alpha": 16, "dropout": 0.0}, "qlora": {"compute_dtype": "float32"}}
     result = run(load_recipe(tiny_recipe(method=method, train={"max_steps": 2})))

@@ -14,14 +14,15 @@ import torch
 from cli_runner import run_main as cli
 
 from llmtune.errors import UserError
-from llmtune.generation import DecodeOptions, build_generation_config, chat_loop, generate, render_prompts
+from llmtune.infer.chat import chat_loop
+from llmtune.infer.generate import DecodeOptions, build_generation_config, generate, render_prompts
 
 PROMPTS = ["Add the two numbers.\n3 4", "Reverse the word: cat", "Sort: 9 1 5", "hi"]
 
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir: Path):
-    from llmtune.inference import load_for_inference
+    from llmtune.infer.load import load_for_inference
 
     loaded = load_for_inference(str(tiny_model_dir), device="cpu")
     return loaded.model, loaded.tokenizer

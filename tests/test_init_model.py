@@ -13,19 +13,16 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from llmtune.errors import UserError
-from llmtune.init_model import (
-    MIN_VOCAB_SIZE,
+from llmtune.jobs.init_model import (
     PRESETS,
-    SPECIAL_TOKENS,
     build_model,
     init_model,
-    iter_corpus,
     llama_config,
     llama_param_count,
     rule_of_thumb_param_count,
-    train_tokenizer,
     write_model_dir,
 )
+from llmtune.tokenizers.train import MIN_VOCAB_SIZE, SPECIAL_TOKENS, iter_corpus, train_tokenizer
 
 CORPUS = "The quick brown fox jumps over the lazy dog.\nA second line, with numbers 1234 and a comma.\n" * 40
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from llmtune.distributed import check_launch, sharding_from_config
 from llmtune.errors import UserError
-from llmtune.launch import LaunchOptions, launch_argv
 from llmtune.recipe import load_recipe
+from llmtune.training.accelerate import check_launch, sharding_from_config
+from llmtune.training.launch import LaunchOptions, launch_argv
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "recipes" / "accelerate"

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from llmtune import modeling
 from llmtune.errors import UserError
 from llmtune.recipe import load_recipe
-from llmtune.train import RunResult, run
+from llmtune.training.run import RunResult, run
 
 PROBE = torch.tensor([[5, 17, 99, 250, 3, 41, 77, 300, 12, 8, 64, 128]])
 

@@ -12,7 +12,8 @@ import torch
 import yaml
 
 from llmtune.errors import UserError
-from llmtune.plan import (
+from llmtune.plan.inspect import inspect_model, load_model_config
+from llmtune.plan.memory import (
     FUSED_TOKENS_PER_TILE,
     FUSED_VOCAB_PER_TILE,
     GIB,
@@ -22,8 +23,7 @@ from llmtune.plan import (
     parse_memory,
     resolve_setup,
 )
-from llmtune.plan_inspect import inspect_model, load_model_config
-from llmtune.plan_report import make_plan
+from llmtune.plan.report import make_plan
 from llmtune.recipe import load_recipe
 
 LLAMA_31_8B = {
@@ -111,7 +111,7 @@ def test_cli_verdict_and_suggestions_re_estimate(tmp_path: Path, config_only_8b:
 def test_more_processes_shard_with_zero3(tmp_path: Path, config_only_8b: Path) -> None:
     from dataclasses import replace
 
-    from llmtune.distributed import Sharding
+    from llmtune.training.accelerate import Sharding
 
     recipe, facts = plan_for(tmp_path, config_only_8b, method={"kind": "full"})
     single = resolve_setup(recipe)
@@ -168,7 +168,7 @@ def measured_model(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Pat
     from transformers import AutoTokenizer
 
     from llmtune.data.synth import write_builtin_data
-    from llmtune.init_model import Preset, build_model, llama_config, write_model_dir
+    from llmtune.jobs.init_model import Preset, build_model, llama_config, write_model_dir
 
     root = tmp_path_factory.mktemp("plan-measure")
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)

@@ -13,7 +13,7 @@ import pytest
 from llmtune.errors import UserError
 from llmtune.recipe import load_recipe
 from llmtune.stages import dpo, rm
-from llmtune.train import common_training_args
+from llmtune.stages.args import common_training_args
 
 SYSTEM = {"role": "system", "content": "Be brief."}
 

@@ -18,9 +18,11 @@ import torch
 from safetensors.torch import load_file
 
 from llmtune.data.load import load_splits
+from llmtune.infer.score import load_scorer, score
 from llmtune.recipe import load_recipe
 from llmtune.stages import rm
-from llmtune.train import common_training_args, run
+from llmtune.stages.args import common_training_args
+from llmtune.training.run import run
 
 SURFACE_TASKS = ["convert", "uppercase", "sort"]
 
@@ -67,7 +69,7 @@ def conversations(rows: list[dict]) -> list[list[dict]]:
 def test_rm_raises_heldout_reward_accuracy_and_reloads_as_the_same_scorer(
     tiny_recipe, preference_data_dir, surface_pairs, method, lr
 ) -> None:
-    from llmtune.evaluation import reward_metrics
+    from llmtune.eval.measure import reward_metrics
 
     train = {"max_steps": 60, "batch_size": 8, "lr": lr, "logging_steps": 10, "extra": {"eval_on_start": True}}
     recipe = load_recipe(rm_recipe(tiny_recipe, preference_data_dir, method, surface_pairs, train=train))
@@ -82,9 +84,9 @@ def test_rm_raises_heldout_reward_accuracy_and_reloads_as_the_same_scorer(
     held_out = [dict(row) for row in load_splits(recipe)[1]]
     convs = conversations(held_out)
     trained = result.trainer.model.eval()
-    in_memory = rm.score(trained, result.trainer.processing_class, convs)
-    scorer = rm.load_scorer(result.output_dir)
-    reloaded = rm.score(scorer.model, scorer.tokenizer, convs)
+    in_memory = score(trained, result.trainer.processing_class, convs)
+    scorer = load_scorer(result.output_dir)
+    reloaded = score(scorer.model, scorer.tokenizer, convs)
     assert torch.allclose(in_memory, reloaded, atol=1e-5)
     # `llmtune eval`'s numbers on the reloaded scorer agree with the trainer's own evaluation
     metrics = reward_metrics(scorer.model, scorer.tokenizer, held_out)
@@ -129,7 +131,7 @@ def test_rm_on_an_sft_adapter_continues_it_and_adds_a_trainable_head(
     assert head, "the reward head must be trained"
     trainer.train()
     trainer.save_model(str(Path(recipe.output.dir) / "final"))
-    scorer = rm.load_scorer(Path(recipe.output.dir) / "final")
+    scorer = load_scorer(Path(recipe.output.dir) / "final")
     convs = conversations([dict(row) for row in load_splits(recipe)[0].select(range(4))])
-    in_memory = rm.score(model.eval(), trainer.processing_class, convs)
-    assert torch.allclose(in_memory, rm.score(scorer.model, scorer.tokenizer, convs), atol=1e-5)
+    in_memory = score(model.eval(), trainer.processing_class, convs)
+    assert torch.allclose(in_memory, score(scorer.model, scorer.tokenizer, convs), atol=1e-5)

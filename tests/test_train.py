@@ -19,8 +19,9 @@ from safetensors.torch import load_file
 
 from llmtune.errors import UserError
 from llmtune.recipe import load_recipe
-from llmtune.rundir import output_guard
-from llmtune.train import common_training_args, run
+from llmtune.stages.args import common_training_args
+from llmtune.training.run import run
+from llmtune.training.rundir import output_guard
 
 
 def snapshot(root: Path) -> dict[str, str]:

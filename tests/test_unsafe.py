@@ -18,7 +18,7 @@ import yaml
 from safetensors.torch import load_file
 
 from llmtune.errors import UserError
-from llmtune.inference import load_for_inference
+from llmtune.infer.load import load_for_inference
 from llmtune.modeling import load_model, load_tokenizer
 from llmtune.recipe import load_recipe
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-IGNORE = -100
+from llmtune.data.formats import IGNORE
 
 
 @dataclass

@@ -21,6 +21,8 @@ from collections.abc import Callable
 from typing import Any
 
 Row = dict[str, Any]
+IGNORE = -100
+"""The label of a token the loss skips (prompt, padding): torch's and transformers' ignore_index."""
 Messages = list[dict[str, str]]
 
 CHAT, TEXT, PREFERENCE = "chat", "text", "preference"
@@ -81,7 +83,7 @@ def _message(raw: Any, index: int, role_key: str, content_key: str, roles: dict[
     return {"role": roles[role], "content": content}
 
 
-def _message_list(value: Any, what: str, role_key: str, content_key: str, roles: dict[str, str]) -> Messages:
+def message_list(value: Any, what: str, role_key: str, content_key: str, roles: dict[str, str]) -> Messages:
     if not isinstance(value, list):
         raise RowError(f"{what} is not a list of messages (got {type(value).__name__})")
     if not value:
@@ -128,7 +130,7 @@ def _alpaca(row: Row) -> list[Row]:
 
 
 def _sharegpt(row: Row) -> list[Row]:
-    messages = _message_list(_field(row, "conversations"), "conversations", "from", "value", SHAREGPT_ROLES)
+    messages = message_list(_field(row, "conversations"), "conversations", "from", "value", SHAREGPT_ROLES)
     system = row.get("system")
     if isinstance(system, str) and system.strip() and messages[0]["role"] != "system":
         messages.insert(0, {"role": "system", "content": system})
@@ -136,7 +138,7 @@ def _sharegpt(row: Row) -> list[Row]:
 
 
 def _messages(row: Row) -> list[Row]:
-    messages = _message_list(_field(row, "messages"), "messages", "role", "content", MESSAGE_ROLES)
+    messages = message_list(_field(row, "messages"), "messages", "role", "content", MESSAGE_ROLES)
     return [{"messages": check_turns(messages)}]
 
 
@@ -147,13 +149,13 @@ def _text(row: Row) -> list[Row]:
 def _prompt(value: Any) -> Messages:
     if isinstance(value, str):
         return [{"role": "user", "content": _string(value, "prompt")}]
-    return check_turns(_message_list(value, "prompt", "role", "content", MESSAGE_ROLES), end="user")
+    return check_turns(message_list(value, "prompt", "role", "content", MESSAGE_ROLES), end="user")
 
 
 def _completion(value: Any, what: str) -> Messages:
     if isinstance(value, str):
         return [{"role": "assistant", "content": _string(value, what)}]
-    messages = _message_list(value, what, "role", "content", MESSAGE_ROLES)
+    messages = message_list(value, what, "role", "content", MESSAGE_ROLES)
     if messages[0]["role"] != "assistant":
         raise RowError(f"{what} must start with an assistant message, not {messages[0]['role']!r}")
     if not messages[-1]["content"].strip():
@@ -169,8 +171,8 @@ def _pair(prompt: Messages, chosen: Messages, rejected: Messages) -> Row:
 
 def _split_implicit(chosen: Any, rejected: Any) -> Row:
     """Full conversations sharing a prompt: split them at their longest common message prefix."""
-    full_c = _message_list(chosen, "chosen", "role", "content", MESSAGE_ROLES)
-    full_r = _message_list(rejected, "rejected", "role", "content", MESSAGE_ROLES)
+    full_c = message_list(chosen, "chosen", "role", "content", MESSAGE_ROLES)
+    full_r = message_list(rejected, "rejected", "role", "content", MESSAGE_ROLES)
     if full_c == full_r:
         raise RowError("chosen and rejected are the same; a pair must differ")
     shared = 0

@@ -18,7 +18,6 @@ __all__ = [
     "Example",
     "check_answer",
     "count_rows",
-    "ensure_writable_dir",
     "held_out_examples",
     "make_examples",
     "text_corpus",
@@ -112,17 +111,6 @@ def write_builtin_data(out_dir: Path, n_train: int = 2000, n_eval: int = 200, se
     paths["text.txt"] = out_dir / "text.txt"
     paths["text.txt"].write_text("\n\n".join(docs) + "\n", encoding="utf-8")
     return paths
-
-
-def ensure_writable_dir(out_dir: Path, overwrite: bool) -> None:
-    """Refuse a path that is a file, or a non-empty directory unless `overwrite`, before anything is written."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"{out_dir} is a file, not a directory; choose a directory for the data.")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise UserError(
-            f"{out_dir} is not empty; choose an empty directory or pass --overwrite "
-            "(files with the same names are replaced, others are left alone)."
-        )
 
 
 def count_rows(path: Path) -> int:

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from llmtune import console
 from llmtune.data.cache import cache_key, load_cached, save_cached
-from llmtune.data.formats import CHAT, PREFERENCE, TEXT, Row
+from llmtune.data.formats import CHAT, IGNORE, PREFERENCE, TEXT, Row
 from llmtune.data.load import read_splits, stage_kind
-from llmtune.data.report import summarize
+from llmtune.data.stats import summarize
 from llmtune.data.templates import (
     ChatRenderer,
     Span,
@@ -35,7 +35,6 @@ if TYPE_CHECKING:
     import datasets
 
 BATCH = 1000
-IGNORE = -100
 
 
 @dataclass

@@ -9,7 +9,7 @@ The endpoint is always passed to huggingface_hub explicitly; its import-time glo
 from llmtune.hub.download import DownloadSummary, RepoPlan, download_repo, plan_download
 from llmtune.hub.errors import HubUnreachable
 from llmtune.hub.files import RemoteFile, RetryPolicy
-from llmtune.hub.local import ensure_local
+from llmtune.hub.local import ensure_local, looks_like_path, resolve_dir
 from llmtune.hub.settings import DEFAULT_ENDPOINT, project_endpoint, resolve_endpoint, resolve_token
 
 __all__ = [
@@ -21,8 +21,10 @@ __all__ = [
     "RetryPolicy",
     "download_repo",
     "ensure_local",
+    "looks_like_path",
     "plan_download",
     "project_endpoint",
     "resolve_endpoint",
+    "resolve_dir",
     "resolve_token",
 ]

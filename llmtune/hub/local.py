@@ -13,6 +13,27 @@ from llmtune.hub.settings import project_endpoint, resolve_endpoint, resolve_tok
 PATH_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet", ".txt", ".arrow", ".yaml", ".yml")
 
 
+def looks_like_path(name: str) -> bool:
+    """True for what can only be a local path (absolute, relative, home, Windows, deeper than org/name, a data
+    file's suffix); False for what may be a Hub id (`org/name` or `name`)."""
+    return (
+        name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1 or name.lower().endswith(PATH_SUFFIXES)
+    )
+
+
+def resolve_dir(name: str, revision: str = "main", endpoint: str | None = None, what: str = "--model") -> Path:
+    """THE way a model given as "a path or a Hub id" becomes a local directory: an existing directory as is, a
+    Hub id fetched (verified, cached) through `ensure_local`; a file or a missing path is a UserError naming `what`."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise UserError(f"{what}: {name} is a file; expected a model directory (with config.json) or a run directory")
+    if looks_like_path(name):
+        raise UserError(f"{what}: {name} does not exist (neither a local directory nor a Hub id)")
+    return Path(ensure_local(name, revision, "model", endpoint))
+
+
 def ensure_local(
     name_or_path: str,
     revision: str = "main",
@@ -32,7 +53,7 @@ def ensure_local(
     local = Path(name_or_path).expanduser()
     if local.exists():
         return local
-    if _looks_like_path(name_or_path):
+    if looks_like_path(name_or_path):
         raise UserError(f"{name_or_path}: no such file or directory.")
     url, source = resolve_endpoint(None, endpoint if endpoint is not None else project_endpoint())
     from huggingface_hub import constants
@@ -51,15 +72,6 @@ def ensure_local(
     if summary.fetched:
         console.info(f"Fetched {summary.fetched} files ({summary.bytes_fetched:,} bytes) into {summary.root}")
     return summary.root
-
-
-def _looks_like_path(name: str) -> bool:
-    return (
-        name.startswith(("/", "./", "../", "~"))
-        or "\\" in name
-        or name.count("/") > 1
-        or name.lower().endswith(PATH_SUFFIXES)
-    )
 
 
 def _cached_snapshot(repo_id: str, revision: str, repo_type: str, cache_dir: Path | None, why: str) -> Path:

@@ -1,6 +1,6 @@
 """The stage registry: stage name -> the module that builds its trainer, imported only when that stage runs.
 
-A stage module exposes `build(recipe, args_common) -> Trainer`; llmtune.train.run does the rest.
+A stage module exposes `build(recipe, args_common) -> Trainer`; llmtune.training.run.run does the rest.
 """
 
 from __future__ import annotations

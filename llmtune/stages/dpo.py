@@ -42,8 +42,8 @@ def build(recipe: Recipe, args_common: dict[str, Any]) -> DPOTrainer:
         load_tokenizer,
         lora_config,
     )
+    from llmtune.stages.args import build_config
     from llmtune.stages.rm import check_kept, warn_if_lora_ignored
-    from llmtune.train import build_config
 
     warn_if_lora_ignored(recipe)
     tokenizer = load_tokenizer(recipe)

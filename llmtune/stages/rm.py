@@ -1,13 +1,12 @@
 """Stage rm: a reward model, i.e. a one-output sequence-classification head on a causal LM base.
 
 TRL's RewardTrainer trains it with the pairwise (Bradley-Terry) loss -log σ(r(chosen) - r(rejected)): the chosen
-answer's score must exceed the rejected one's. The run directory reloads as a scorer with `load_scorer`.
+answer's score must exceed the rejected one's. The run directory reloads as a scorer with
+`llmtune.infer.score.load_scorer`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llmtune import console
@@ -15,13 +14,8 @@ from llmtune.errors import UserError
 from llmtune.schema import Recipe
 
 if TYPE_CHECKING:
-    import torch
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import PreTrainedModel
     from trl import RewardTrainer
-
-    from llmtune.inference import Loaded
-
-Messages = list[dict[str, str]]
 
 
 def build(recipe: Recipe, args_common: dict[str, Any]) -> RewardTrainer:
@@ -31,7 +25,7 @@ def build(recipe: Recipe, args_common: dict[str, Any]) -> RewardTrainer:
 
     from llmtune.data.load import load_splits
     from llmtune.modeling import count_parameters, describe_parameters, load_model, load_tokenizer
-    from llmtune.train import build_config
+    from llmtune.stages.args import build_config
 
     tokenizer = load_tokenizer(recipe)
     train, evals = load_splits(recipe)
@@ -96,41 +90,3 @@ def check_kept(before: int, after: int, max_length: int, what: str) -> None:
             "raise data.max_length"
         )
     console.warn(f"data.max_length {max_length}: {before - after} of {before} training pairs are too long and dropped")
-
-
-def load_scorer(path: str | Path, device: str | None = None) -> Loaded:
-    """A reward model from an `llmtune rm` output dir (a full model, or an adapter saved with its head), eval mode."""
-    from trl.trainer.reward_trainer import suppress_seqcls_warning
-
-    from llmtune.inference import load_for_inference
-
-    with suppress_seqcls_warning():
-        loaded = load_for_inference(str(path), device=device)
-    if loaded.head != "sequence_classification":
-        raise UserError(f"reward model: {path} is a causal LM, not a reward model (the output dir of `llmtune rm`)")
-    return loaded
-
-
-def score(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, conversations: Sequence[Messages], batch_size: int = 16
-) -> torch.Tensor:
-    """One reward per conversation (prompt + answer messages), tokenized as RewardTrainer tokenizes training pairs."""
-    import torch
-
-    device = next(model.parameters()).device
-    scores = []
-    for start in range(0, len(conversations), batch_size):
-        ids = [
-            tokenizer.apply_chat_template(list(conv), tokenize=True, return_dict=True)["input_ids"]
-            for conv in conversations[start : start + batch_size]
-        ]
-        width = max(len(x) for x in ids)
-        input_ids = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(ids), width), dtype=torch.long)
-        for i, row in enumerate(ids):
-            input_ids[i, : len(row)] = torch.tensor(row)
-            mask[i, : len(row)] = 1
-        with torch.no_grad():
-            logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits
-        scores.append(logits[:, 0].float().cpu())
-    return torch.cat(scores) if scores else torch.empty(0)

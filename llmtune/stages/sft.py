@@ -20,7 +20,7 @@ def build(recipe: Recipe, args_common: dict[str, Any]) -> SFTTrainer:
 
     from llmtune import modeling
     from llmtune.data.tokenize import prepare
-    from llmtune.train import build_config
+    from llmtune.stages.args import build_config
 
     tokenizer = modeling.load_tokenizer(recipe)
     data = prepare(recipe, tokenizer, model_dir=modeling.model_dir(recipe))

@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from llmtune.distributed import Sharding
-from llmtune.plan import EIGHT_BIT, GIB, Estimate, ModelFacts, Setup, estimate
+from llmtune.plan.memory import EIGHT_BIT, GIB, Estimate, ModelFacts, Setup, estimate
 from llmtune.schema import Recipe
+from llmtune.training.accelerate import Sharding
 
 ZERO3 = "recipes/accelerate/zero3.yaml"
 ZERO3_OFFLOAD = "recipes/accelerate/zero3_offload.yaml"
@@ -116,8 +116,8 @@ def suggest(f: ModelFacts, s: Setup, budget: int) -> tuple[Step, ...]:
 
 def make_plan(recipe: Recipe, device: str = "gpu", nproc: int | None = None, budget: int | None = None) -> Plan:
     """Read the model's config, count, estimate and (with a budget that is exceeded) suggest."""
-    from llmtune.plan import resolve_setup
-    from llmtune.plan_inspect import inspect_model, load_model_config
+    from llmtune.plan.inspect import inspect_model, load_model_config
+    from llmtune.plan.memory import resolve_setup
 
     facts = inspect_model(load_model_config(recipe), recipe)
     setup = resolve_setup(recipe, device, nproc)  # type: ignore[arg-type]
@@ -192,7 +192,7 @@ def render(plan: Plan, recipe: Recipe) -> None:
     gap = (f.total_params - f.rule_of_thumb) / f.rule_of_thumb
     out.print(f"parameters: {f.total_params:,} exact (meta-device build)")
     if f.closed_form is not None:
-        out.print(f"            {f.closed_form:,} closed form for LLaMA (llmtune.init_model.llama_param_count)")
+        out.print(f"            {f.closed_form:,} closed form for LLaMA (llmtune.jobs.init_model.llama_param_count)")
     out.print(f"            {f.rule_of_thumb:,} rule of thumb V·H + 12·H²·L ({gap:+.1%} from exact)")
     share = f.trainable(s.method) / f.total_params
     out.print(f"trainable ({s.method}): {f.trainable(s.method):,} ({share:.2%})")

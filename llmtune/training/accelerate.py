@@ -130,14 +130,11 @@ def _check_static(recipe: Recipe, sharding: Sharding, config: dict[str, Any], pa
 
 def _check_hardware(recipe: Recipe, sharding: Sharding, path: str | None) -> None:
     """What this machine must have: deepspeed installed, CUDA for DeepSpeed and FSDP, enough GPUs."""
-    import importlib.util
-
+    from llmtune.errors import require_module
     from llmtune.modeling import has_cuda
 
-    if sharding.deepspeed and importlib.util.find_spec("deepspeed") is None:
-        raise UserError(
-            f"train.accelerate_config: {path} uses DeepSpeed, which is not installed: pip install deepspeed"
-        )
+    if sharding.deepspeed:
+        require_module("deepspeed", f"train.accelerate_config: {path} (DeepSpeed)")
     cuda = has_cuda()
     if (sharding.deepspeed or sharding.kind == "fsdp") and not cuda:
         raise UserError(f"train.accelerate_config: {path} ({sharding.label}) needs CUDA GPUs; on CPU leave it unset")

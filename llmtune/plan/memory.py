@@ -11,11 +11,13 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from llmtune.distributed import Sharding, sharding_from_config
 from llmtune.errors import UserError
 from llmtune.schema import Recipe
+from llmtune.stages.args import resolve_optimizer
+from llmtune.training.accelerate import Sharding, sharding_from_config
 
 Device = Literal["gpu", "cpu"]
+DEFAULT_OPTIMIZER = "adamw_torch_fused"  # transformers' default when a recipe names none
 GIB = 1024**3
 NF4_BITS = {True: 4 + 8 / 64 + 32 / (64 * 256), False: 4 + 32 / 64}  # by double_quant: 4.127 / 4.5 bits
 FUSED_TOKENS_PER_TILE = 4096  # trl.kernels.chunked_logprob.TOKEN_CHUNK_SIZE
@@ -131,16 +133,6 @@ def parse_memory(text: str) -> int:
     return int(value * (1024 if binary or not match[3] else 1000) ** power)
 
 
-def resolve_optimizer(recipe: Recipe, device: Device) -> str:
-    """As llmtune.train picks it: the recipe's, else qlora's, else transformers' default (fused AdamW); paged
-    optimizers become their non-paged twin without CUDA."""
-    name = recipe.train.optimizer or (recipe.method.qlora.optimizer if recipe.method.kind == "qlora" else None)
-    name = name or "adamw_torch_fused"
-    if device == "cpu" and name.startswith("paged_"):
-        return "adamw_8bit" if name.endswith("_8bit") else "adamw_torch"
-    return name
-
-
 def resolve_setup(recipe: Recipe, device: Device = "gpu", nproc: int | None = None) -> Setup:
     """Dtypes, batch, sharding and optimizer as a run of this recipe on `device` would use them."""
     if device == "cpu" and recipe.method.kind == "qlora":
@@ -157,7 +149,7 @@ def resolve_setup(recipe: Recipe, device: Device = "gpu", nproc: int | None = No
         weight_bytes=weight_bytes,
         autocast=autocast,
         quant_bits=NF4_BITS[recipe.method.qlora.double_quant],
-        optimizer=resolve_optimizer(recipe, device),
+        optimizer=resolve_optimizer(recipe, device == "gpu", warn=False) or DEFAULT_OPTIMIZER,
         batch_size=recipe.train.batch_size,
         grad_accum=recipe.train.grad_accum,
         seq_len=recipe.data.max_length,

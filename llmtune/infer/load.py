@@ -46,24 +46,6 @@ class Loaded:
         return next(self.model.parameters()).device
 
 
-def _looks_like_path(name: str) -> bool:
-    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name
-
-
-def resolve_dir(name: str, revision: str, endpoint: str | None, what: str) -> Path:
-    """A local directory as is; a Hub id fetched once through llmtune.hub (the configured endpoint)."""
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return path
-    if path.exists():
-        raise UserError(f"{what}: {name} is a file; expected a directory")
-    if _looks_like_path(name):
-        raise UserError(f"{what}: {name} does not exist (neither a local directory nor a Hub id)")
-    from llmtune.hub import ensure_local
-
-    return Path(ensure_local(name, revision, "model", endpoint))
-
-
 def adapter_config(path: Path) -> dict[str, Any]:
     try:
         return json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))
@@ -100,10 +82,12 @@ def split_spec(model: str | None, adapter: str | None) -> tuple[str | None, Path
 
 
 def _adapter_base(adapter: Path, recipe: Recipe | None) -> str:
+    from llmtune.hub.local import looks_like_path
+
     base = adapter_config(adapter).get("base_model_name_or_path")
     candidates = [base, recipe.model.name_or_path if recipe else None]
     for name in candidates:
-        if name and (Path(name).expanduser().is_dir() or not _looks_like_path(name)):
+        if name and (Path(name).expanduser().is_dir() or not looks_like_path(name)):
             return name
     raise UserError(f"--adapter {adapter}: its base model {base!r} is not found; pass the base with --model PATH_OR_ID")
 
@@ -227,6 +211,8 @@ def load_for_inference(
     recipe = run_recipe(adapter_dir) if adapter_dir is not None else None
     if base is None:
         base = _adapter_base(adapter_dir, recipe)
+    from llmtune.hub.local import resolve_dir
+
     model_dir = resolve_dir(base, revision, endpoint, "--model")
     if recipe is None and adapter_dir is None:
         recipe = run_recipe(model_dir)

@@ -6,42 +6,23 @@ remote code, so tests and tutorials never need the hub.
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import shutil
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llmtune import console
 from llmtune.errors import UserError
+from llmtune.outdir import move_into_place, refuse_nonempty
+from llmtune.tokenizers.train import check_corpus_files, check_tokenizer, check_vocab_size, iter_corpus, train_tokenizer
 
 if TYPE_CHECKING:
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-BOS_TOKEN = "<|endoftext|>"
-IM_START_TOKEN = "<|im_start|>"
-EOS_TOKEN = "<|im_end|>"
-PAD_TOKEN = "<|pad|>"
-SPECIAL_TOKENS = (BOS_TOKEN, IM_START_TOKEN, EOS_TOKEN, PAD_TOKEN)
-MIN_VOCAB_SIZE = len(SPECIAL_TOKENS) + 256
-MAX_VOCAB_SIZE = 262_144
 BUILTIN_CORPUS_DOCS = 2000
-
-# ChatML as Qwen writes it, without a default system prompt and without {% generation %} markers.
-CHATML_TEMPLATE = (
-    "{%- for message in messages %}"
-    "{%- if message['role'] not in ['system', 'user', 'assistant'] %}"
-    "{{- raise_exception('Unsupported chat role: ' + message['role'] + ' (use system, user or assistant)') }}"
-    "{%- endif %}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}"
-    "{{- '<|im_start|>assistant\\n' }}"
-    "{%- endif %}"
-)
 
 
 @dataclass(frozen=True)
@@ -102,91 +83,6 @@ def rule_of_thumb_param_count(vocab: int, hidden: int, layers: int) -> int:
     return vocab * hidden + 12 * hidden * hidden * layers
 
 
-def check_output_dir(out: Path, overwrite: bool) -> None:
-    """Refuse early (before any training) to write over something that is not ours to replace."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"Output path {out} exists and is not a directory.")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise UserError(f"Output directory {out} is not empty; pass --overwrite to replace it.")
-
-
-def check_vocab_size(vocab_size: int) -> None:
-    if not MIN_VOCAB_SIZE <= vocab_size <= MAX_VOCAB_SIZE:
-        raise UserError(
-            f"--vocab-size {vocab_size} is out of range: it must be between {MIN_VOCAB_SIZE} "
-            f"({len(SPECIAL_TOKENS)} special tokens + 256 bytes) and {MAX_VOCAB_SIZE}."
-        )
-
-
-def check_corpus_files(paths: Sequence[Path]) -> None:
-    for path in paths:
-        if not path.is_file():
-            raise UserError(f"Corpus file {path} does not exist or is not a file.")
-        if path.stat().st_size == 0:
-            raise UserError(f"Corpus file {path} is empty.")
-
-
-def iter_corpus(paths: Sequence[Path]) -> Iterator[str]:
-    """Texts from plain-text files (line by line) and .jsonl files (the "text" field of each row)."""
-    for path in paths:
-        count = 0
-        with path.open(encoding="utf-8") as handle:
-            try:
-                for line_no, line in enumerate(handle, start=1):
-                    text = _jsonl_text(path, line_no, line) if path.suffix == ".jsonl" else line
-                    if text.strip():
-                        count += 1
-                        yield text
-            except UnicodeDecodeError as exc:
-                raise UserError(f"Corpus file {path} is not UTF-8 text: {exc.reason}.") from None
-        if count == 0:
-            raise UserError(f"Corpus file {path} has no text in it.")
-
-
-def _jsonl_text(path: Path, line_no: int, line: str) -> str:
-    if not line.strip():
-        return ""
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}:{line_no}: not valid JSON ({exc.msg}).") from None
-    if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-        raise UserError(f'{path}:{line_no}: expected an object with a string "text" field.')
-    return row["text"]
-
-
-def train_tokenizer(texts: Iterable[str], vocab_size: int, max_length: int = 1024) -> PreTrainedTokenizerFast:
-    """Byte-level BPE with all 256 bytes in the base alphabet, so any text encodes and decodes back exactly."""
-    from tokenizers import Tokenizer, decoders, pre_tokenizers, processors
-    from tokenizers.models import BPE
-    from tokenizers.trainers import BpeTrainer
-    from transformers import PreTrainedTokenizerFast
-
-    check_vocab_size(vocab_size)
-    backend = Tokenizer(BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    backend.decoder = decoders.ByteLevel()
-    backend.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = BpeTrainer(
-        vocab_size=vocab_size,
-        min_frequency=2,
-        special_tokens=list(SPECIAL_TOKENS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    backend.train_from_iterator(texts, trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token=BOS_TOKEN,
-        eos_token=EOS_TOKEN,
-        pad_token=PAD_TOKEN,
-        extra_special_tokens=[IM_START_TOKEN],
-        chat_template=CHATML_TEMPLATE,
-        model_max_length=max_length,
-        padding_side="right",
-    )
-
-
 def llama_config(
     preset: Preset, vocab_size: int, bos_token_id: int = 0, eos_token_id: int = 2, pad_token_id: int = 3
 ) -> LlamaConfig:
@@ -232,18 +128,6 @@ def verify_param_count(model: LlamaForCausalLM) -> int:
     return exact
 
 
-def check_tokenizer(tokenizer: PreTrainedTokenizerFast) -> None:
-    """Each special token must be one id, and text must survive encode/decode; otherwise chat masks break."""
-    for token in SPECIAL_TOKENS:
-        ids = tokenizer.encode(token, add_special_tokens=False)
-        if len(ids) != 1:
-            raise AssertionError(f"Special token {token} encodes to {ids}, not a single id.")
-    sample = "Hello, world!\n\n  Ünïcödé 日本語 🙂\tend"
-    decoded = tokenizer.decode(tokenizer.encode(sample, add_special_tokens=False))
-    if decoded != sample:
-        raise AssertionError(f"Tokenizer does not round-trip: {sample!r} -> {decoded!r}.")
-
-
 def report_param_count(config: LlamaConfig, exact: int) -> int:
     """Print the exact count beside the V·H + 12·H²·L rule of thumb, and explain the gap term by term."""
     h, v, i, layers = config.hidden_size, config.vocab_size, config.intermediate_size, config.num_hidden_layers
@@ -264,7 +148,7 @@ def report_param_count(config: LlamaConfig, exact: int) -> int:
 
 def write_model_dir(out: Path, model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, overwrite: bool) -> None:
     """Save into a temp dir beside `out`, then rename it into place, so a failure never leaves a half-written model."""
-    check_output_dir(out, overwrite)
+    refuse_nonempty(out, overwrite, "init-model OUT")
     out.parent.mkdir(parents=True, exist_ok=True)
     from transformers.utils import logging as hf_logging
 
@@ -279,29 +163,11 @@ def write_model_dir(out: Path, model: LlamaForCausalLM, tokenizer: PreTrainedTok
         mode = (staging / "config.json").stat().st_mode & 0o777
         for path in staging.iterdir():
             path.chmod(mode)
-        _move_into_place(staging, out)
+        move_into_place(staging, out)
     finally:
         if bars_were_on:
             hf_logging.enable_progress_bar()
         shutil.rmtree(staging, ignore_errors=True)
-
-
-def _move_into_place(staging: Path, out: Path) -> None:
-    if not out.exists():
-        staging.rename(out)
-        return
-    if not any(out.iterdir()):
-        out.rmdir()
-        staging.rename(out)
-        return
-    backup = out.with_name(f".{out.name}.old-{os.getpid()}-{secrets.token_hex(4)}")
-    out.rename(backup)
-    try:
-        staging.rename(out)
-    except BaseException:
-        backup.rename(out)
-        raise
-    shutil.rmtree(backup, ignore_errors=True)
 
 
 def init_model(
@@ -317,7 +183,7 @@ def init_model(
     asked_vocab = vocab_size is not None
     vocab_size = spec.vocab_size if vocab_size is None else vocab_size
     check_vocab_size(vocab_size)
-    check_output_dir(out, overwrite)
+    refuse_nonempty(out, overwrite, "init-model OUT")
     if corpus:
         check_corpus_files(corpus)
         texts: Iterable[str] = iter_corpus(corpus)

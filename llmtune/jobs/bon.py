@@ -15,13 +15,13 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from llmtune import console
-from llmtune.data.formats import MESSAGE_ROLES, RowError, check_turns
+from llmtune.data.formats import Messages
 from llmtune.errors import UserError
+from llmtune.infer.prompts import as_messages, read_prompts
+from llmtune.outdir import refuse_nonempty
 
-Messages = list[dict[str, str]]
 FILES = ("best.jsonl", "pairs.jsonl", "scored.jsonl")
 
 
@@ -47,8 +47,7 @@ class BonOptions:
             raise UserError(f"--n must be at least 2 to choose between answers (got {self.n})")
         if self.temperature <= 0:
             raise UserError(f"--temperature must be above 0: best-of-N samples its answers (got {self.temperature})")
-        if self.out.exists() and (not self.out.is_dir() or any(self.out.iterdir())) and not self.overwrite:
-            raise UserError(f"--out: {self.out} exists and is not an empty directory; pass --overwrite to replace it")
+        refuse_nonempty(self.out, self.overwrite, "--out")
 
 
 @dataclass
@@ -58,55 +57,6 @@ class BonResult:
     pairs: int
     skipped: int
     files: dict[str, Path]
-
-
-def _messages(value: Any, what: str) -> Messages:
-    if not isinstance(value, list) or not value:
-        raise RowError(f"{what} is not a non-empty list of messages")
-    out = []
-    for i, msg in enumerate(value, start=1):
-        if not isinstance(msg, dict) or msg.get("role") not in MESSAGE_ROLES or not isinstance(msg.get("content"), str):
-            raise RowError(f"{what}: message {i} needs a role ({', '.join(MESSAGE_ROLES)}) and a string content")
-        out.append({"role": MESSAGE_ROLES[msg["role"]], "content": msg["content"]})
-    return out
-
-
-def prompt_messages(row: Any) -> Messages:
-    """A prompt as messages ending with a user turn, from `prompt` (text or messages), `messages` (a trailing
-    assistant turn is dropped, so SFT files serve as prompt files) or `text` (a .txt paragraph)."""
-    if not isinstance(row, dict):
-        raise RowError(f"a row must be an object, not {type(row).__name__}")
-    key = next((k for k in ("prompt", "messages", "text") if row.get(k) is not None), None)
-    if key is None:
-        raise RowError(f"no prompt column (expected prompt, messages or text; columns: {', '.join(sorted(row))})")
-    value = row[key]
-    if isinstance(value, str):
-        if not value.strip():
-            raise RowError(f"{key} is empty")
-        return [{"role": "user", "content": value}]
-    messages = _messages(value, key)
-    if key == "messages" and messages[-1]["role"] == "assistant":
-        messages = messages[:-1]
-    return check_turns(messages, end="user")
-
-
-def read_prompts(path: Path) -> list[Messages]:
-    """Every prompt of a .jsonl/.json/.csv/.parquet file (or .txt, one prompt per paragraph); a bad row stops."""
-    from llmtune.data.readers import read_raw
-
-    if not path.exists():
-        raise UserError(f"--prompts: {path} not found")
-    prompts = []
-    for where, raw in read_raw(path, str(path), "train", None):
-        try:
-            if isinstance(raw, RowError):
-                raise raw
-            prompts.append(prompt_messages(raw))
-        except RowError as exc:
-            raise UserError(f"{where}: {exc}") from None
-    if not prompts:
-        raise UserError(f"--prompts: {path} has no prompts")
-    return prompts
 
 
 def pick(answers: Sequence[str], scores: Sequence[float]) -> tuple[int | None, int | None]:
@@ -152,8 +102,8 @@ def _release_memory() -> None:
 
 def sample(options: BonOptions, prompts: list[Messages]) -> list[list[str]]:
     """N sampled answers per prompt from the policy (seeded)."""
-    from llmtune.generation import DecodeOptions, generate
-    from llmtune.inference import load_for_inference
+    from llmtune.infer.generate import DecodeOptions, generate
+    from llmtune.infer.load import load_for_inference
 
     policy = load_for_inference(options.model, options.adapter)
     decode = DecodeOptions(
@@ -169,11 +119,11 @@ def sample(options: BonOptions, prompts: list[Messages]) -> list[list[str]]:
 
 def best_of_n(options: BonOptions) -> BonResult:
     """Sample, score, pick and write (see the module doc); returns the counts and the files written."""
-    from llmtune.stages.rm import load_scorer, score
+    from llmtune.infer.score import load_scorer, score
 
     options.check()
     check_reward_dir(Path(options.reward))
-    prompts = read_prompts(options.prompts)
+    prompts = [as_messages(p) for p in read_prompts(options.prompts)]
     answers = sample(options, prompts)
     _release_memory()  # the policy is gone once sampled: the reward model takes its place
     scorer = load_scorer(options.reward)

@@ -11,19 +11,19 @@ and, against a reference, the implicit DPO accuracy, summing log-probs over the 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
+from llmtune.data.formats import IGNORE, Row
+
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-    from llmtune.generation import DecodeOptions
-
-IGNORE = -100
-Row = dict[str, Any]
+    from llmtune.infer.generate import DecodeOptions
 
 
 def sequence_logprobs(
@@ -161,7 +161,7 @@ def reward_metrics(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: Sequence[Row], batch_size: int = 8
 ) -> dict[str, float]:
     """A reward model on preference pairs: accuracy of r(chosen) > r(rejected), mean margin, mean rewards."""
-    from llmtune.stages.rm import score
+    from llmtune.infer.score import score
 
     rewards = score(model, tokenizer, _pairs(rows), batch_size=batch_size)
     chosen, rejected = rewards[0::2], rewards[1::2]
@@ -211,15 +211,27 @@ def generation_metrics(
     options: DecodeOptions,
     batch_size: int = 16,
 ) -> tuple[dict[str, float], list[str]]:
-    """Generate each conversation's last assistant turn from what precedes it; exact match and ROUGE against it
-    through the shipped `evaluate` modules. Returns the metrics and the generations."""
-    from llmtune.generation import generate
-    from llmtune.metrics import load_metric
+    """Generate each conversation's last assistant turn from what precedes it; exact match and ROUGE-L against it
+    through the shipped `evaluate` modules (ROUGE-L only with the `metrics` extra: without it the metric is
+    skipped with a note). Returns the metrics and the generations."""
+    from llmtune.errors import has_module, install_hint
+    from llmtune.eval.metrics import load_metric
+    from llmtune.infer.generate import generate
 
     prompts = [row["messages"][:-1] for row in rows]
     references = [row["messages"][-1]["content"] for row in rows]
     predictions = [outs[0] for outs in generate(model, tokenizer, prompts, options, batch_size=batch_size)]
     metrics = dict(load_metric("exact_match").compute(predictions=predictions, references=references))
-    rouge = load_metric("rouge").compute(predictions=predictions, references=references, rouge_types=["rougeL"])
-    metrics.update(rouge)
+    if has_module("rouge_score"):
+        rouge = load_metric("rouge").compute(predictions=predictions, references=references, rouge_types=["rougeL"])
+        metrics.update(rouge)
+    else:
+        _note_once(f"ROUGE-L skipped: it needs rouge-score ({install_hint('rouge_score')})")
     return metrics, predictions
+
+
+@functools.cache
+def _note_once(message: str) -> None:
+    from llmtune import console
+
+    console.info(message, markup=False)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llmtune.errors import UserError
-from llmtune.plan import ModelFacts
+from llmtune.plan.memory import ModelFacts
 from llmtune.schema import Recipe
 
 if TYPE_CHECKING:
@@ -136,7 +136,7 @@ def _lora_facts(model: PreTrainedModel, recipe: Recipe) -> tuple[int, int, tuple
 
 def inspect_model(config: PretrainedConfig, recipe: Recipe) -> ModelFacts:
     """Shapes and exact parameter counts (total, per method) of the recipe's model, without any weights."""
-    from llmtune.init_model import llama_param_count, rule_of_thumb_param_count
+    from llmtune.jobs.init_model import llama_param_count, rule_of_thumb_param_count
     from llmtune.modeling import decoder_layers
 
     text = config.get_text_config()

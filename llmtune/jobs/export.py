@@ -3,7 +3,7 @@
 The output loads with plain transformers: safetensors weights (sharded above --max-shard-size), config, generation
 config (stopping at the chat template's end-of-turn token too), tokenizer with its chat template, and a README.md
 model card naming the base, the adapter, the recipe and the eval numbers. A QLoRA base is dequantized first (see
-llmtune.inference). The directory is written beside --out and renamed into place, so a failure leaves nothing half
+llmtune.infer.load). The directory is written beside --out and renamed into place, so a failure leaves nothing half
 written. `--push REPO` uploads it through the configured endpoint with the token from HF_TOKEN or `hf auth login`.
 """
 
@@ -19,18 +19,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 from llmtune import console
 from llmtune.errors import UserError
-from llmtune.inference import Loaded, load_for_inference, quiet_loading
+from llmtune.infer.load import Loaded, load_for_inference, quiet_loading
+from llmtune.outdir import move_into_place, refuse_nonempty
 
 if TYPE_CHECKING:
     from llmtune.schema import Recipe
-
-
-def check_out_dir(out: Path, overwrite: bool) -> None:
-    """Refuse a file, or a non-empty directory without --overwrite, before anything is loaded."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out: {out} is a file; give a directory for the exported model")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise UserError(f"--out: {out} is not empty; choose an empty directory or pass --overwrite to replace it")
 
 
 def check_shard_size(size: str) -> None:
@@ -121,7 +114,7 @@ def model_card(loaded: Loaded, name: str, numbers: dict[str, dict[str, float]]) 
 
 
 def _save(model: Any, loaded: Loaded, staging: Path, max_shard_size: str, card: str) -> None:
-    from llmtune.generation import stop_ids
+    from llmtune.infer.generate import stop_ids
 
     if loaded.head == "causal_lm":
         model.generation_config.eos_token_id = stop_ids(model, loaded.tokenizer)
@@ -129,16 +122,6 @@ def _save(model: Any, loaded: Loaded, staging: Path, max_shard_size: str, card: 
     model.save_pretrained(staging, max_shard_size=max_shard_size)
     loaded.tokenizer.save_pretrained(staging)
     (staging / "README.md").write_text(card, encoding="utf-8")
-
-
-def _move_into_place(staging: Path, out: Path) -> None:
-    if out.is_dir():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(old)
-        staging.rename(out)
-        shutil.rmtree(old)
-    else:
-        staging.rename(out)
 
 
 def push_folder(out: Path, repo: str, endpoint: str | None, private: bool) -> str:
@@ -180,7 +163,7 @@ def export(
     private: bool = False,
 ) -> Path:
     """Merge, save and (optionally) push; returns the output directory."""
-    check_out_dir(out, overwrite)
+    refuse_nonempty(out, overwrite, "--out")
     check_shard_size(max_shard_size)
     loaded = load_for_inference(
         model, adapter, revision=revision, dtype=dtype, trust_remote_code=trust_remote_code, endpoint=endpoint
@@ -194,7 +177,7 @@ def export(
     try:
         with quiet_loading():
             _save(merged, loaded, staging, max_shard_size, card)
-        _move_into_place(staging, out)
+        move_into_place(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     console.info(f"wrote {out} ({', '.join(sorted(p.name for p in out.iterdir()))})")

@@ -88,7 +88,7 @@ def child_env() -> dict[str, str]:
 
 def launch(command: str, recipe_args: list[str], recipe: Recipe, options: LaunchOptions) -> int:
     """Run the command under accelerate launch and wait; a failed or killed process ends the whole run."""
-    from llmtune.distributed import check_launch
+    from llmtune.training.accelerate import check_launch
 
     check_launch(recipe, options.num_machines, options.main_process_ip)
     argv = launch_argv(command, recipe_args, recipe, options)

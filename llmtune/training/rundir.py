@@ -14,6 +14,7 @@ from pathlib import Path
 
 from llmtune import console
 from llmtune.errors import UserError
+from llmtune.outdir import refuse_nonempty
 from llmtune.schema import Recipe
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -21,8 +22,8 @@ LIBRARIES = ("llmtune", "torch", "transformers", "trl", "peft", "datasets", "acc
 
 
 def last_checkpoint(out: Path) -> Path | None:
-    """The highest complete checkpoint-N in `out` (complete: sealed, see llmtune.checkpoints)."""
-    from llmtune.checkpoints import last_complete
+    """The highest complete checkpoint-N in `out` (complete: sealed, see llmtune.training.checkpoints)."""
+    from llmtune.training.checkpoints import last_complete
 
     return last_complete(out)
 
@@ -30,7 +31,7 @@ def last_checkpoint(out: Path) -> Path | None:
 def check_output_dir(out: Path, overwrite: bool, resume: bool) -> Path | None:
     """Refuse to mix runs: a non-empty dir needs overwrite or resume. Returns the checkpoint to resume from."""
     if out.exists() and not out.is_dir():
-        raise UserError(f"output.dir: {out} is a file, not a directory; choose a directory path for the run")
+        refuse_nonempty(out, overwrite, "output.dir")
     if resume:
         checkpoint = last_checkpoint(out)
         if checkpoint is None:
@@ -39,11 +40,12 @@ def check_output_dir(out: Path, overwrite: bool, resume: bool) -> Path | None:
                 "(with --set output.overwrite=true to replace what is there)"
             )
         return checkpoint
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise UserError(
-            f"output.dir: {out} is not empty; to replace it pass --set output.overwrite=true, "
-            "or to continue its last checkpoint pass --resume"
-        )
+    refuse_nonempty(
+        out,
+        overwrite,
+        "output.dir",
+        "pass --set output.overwrite=true to replace it, or --resume to continue its last checkpoint",
+    )
     return None
 
 
@@ -68,6 +70,57 @@ def output_guard(out: Path, replace: bool, is_main: bool = True) -> Iterator[Non
         raise
     if previous is not None:
         shutil.rmtree(previous)
+
+
+RESUMABLE_CHANGES = (
+    "train.max_steps",
+    "train.epochs",
+    "train.logging_steps",
+    "train.save_steps",
+    "train.eval_steps",
+    "train.save_total_limit",
+    "train.report_to",
+    "output.",
+    "train.nproc",
+    "data.cache_dir",
+    "hub.",
+)
+"""Recipe keys a resumed run may change: when it stops, how often it logs, saves and evaluates, where the run
+directory is, how many processes share the batch (DDP), where caches and downloads come from.
+Anything else (model, method, shapes, data, optimisation) changes what the checkpoint holds."""
+
+
+def _flat(value: object, prefix: str = "") -> dict[str, object]:
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items() for k, v in _flat(item, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): value}
+
+
+def recipe_changes(out: Path, recipe: Recipe) -> list[str]:
+    """On --resume: the keys in which `recipe` differs from the one the run was started with (DIR/recipe.yaml).
+
+    A change outside RESUMABLE_CHANGES is refused with every such key named; allowed changes are returned."""
+    from llmtune.recipe import load_recipe
+
+    saved_path = out / "recipe.yaml"
+    if not saved_path.is_file():
+        return []
+    try:
+        saved = _flat(load_recipe(saved_path).model_dump(mode="json"))
+    except UserError as exc:
+        raise UserError(f"--resume: cannot read the run's recipe {saved_path} ({exc})") from None
+    given = _flat(_redacted(recipe).model_dump(mode="json"))
+    changed = sorted(k for k in saved.keys() | given.keys() if saved.get(k) != given.get(k))
+    refused = [k for k in changed if not k.startswith(RESUMABLE_CHANGES)]
+    if refused:
+        listed = "; ".join(f"{k}: {saved.get(k)!r} -> {given.get(k)!r}" for k in refused)
+        raise UserError(
+            f"--resume: the recipe differs from the one {out} was started with ({saved_path}) in {listed}. "
+            "A checkpoint holds weights and optimizer state for the original settings, so these cannot change on "
+            f"resume; resume with the run's own recipe, or start a new run. Keys that may change: "
+            f"{', '.join(k.rstrip('.') + ('.*' if k.endswith('.') else '') for k in RESUMABLE_CHANGES)}"
+        )
+    return changed
 
 
 def library_versions() -> dict[str, str]:
@@ -101,12 +154,7 @@ def write_recipe(out: Path, recipe: Recipe, world_size: int) -> None:
     versions = ", ".join(f"{k} {v}" for k, v in library_versions().items())
     header = f"# written by llmtune at {time.strftime('%Y-%m-%d %H:%M:%S')}; world size {world_size}\n# {versions}\n"
     path = out / "recipe.yaml"
-    body = dump_recipe(_redacted(recipe))
-    if path.is_file():
-        old = "".join(line for line in path.read_text().splitlines(True) if not line.startswith("#"))
-        if old != body:
-            console.warn(f"the recipe differs from the one this run started with ({path}); recording the new one")
-    path.write_text(header + body, encoding="utf-8")
+    path.write_text(header + dump_recipe(_redacted(recipe)), encoding="utf-8")
 
 
 def truncate_metrics(path: Path, up_to_step: int) -> None:

@@ -15,14 +15,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llmtune import console
+from llmtune.data.formats import Row
 from llmtune.errors import UserError
-from llmtune.generation import DecodeOptions
-from llmtune.inference import Loaded, load_for_inference
+from llmtune.infer.generate import DecodeOptions
+from llmtune.infer.load import Loaded, load_for_inference
 
 if TYPE_CHECKING:
     from llmtune.schema import Recipe
 
-Row = dict[str, Any]
 MAX_DEFAULT_CONTEXT = 2048
 
 
@@ -109,7 +109,7 @@ def _context(loaded: Loaded, wanted: int | None) -> int:
 
 def evaluate_loaded(loaded: Loaded, data: EvalData, options: EvalOptions, reference: Loaded | None = None) -> Result:
     """Every metric that fits the data and the model's head."""
-    from llmtune import evaluation as ev
+    from llmtune.eval import measure as ev
 
     model, tok, bs = loaded.model, loaded.tokenizer, options.batch_size
     if data.kind == "text":

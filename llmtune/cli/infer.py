@@ -1,0 +1,181 @@
+"""Commands that run a trained model: `llmtune eval`, `generate`, `chat`, `bon`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from llmtune.cli.options import (
+    AdapterOpt,
+    BatchOpt,
+    BeamsOpt,
+    DtypeOpt,
+    EndpointOpt,
+    MaxNewOpt,
+    ModelOpt,
+    RepOpt,
+    SeedOpt,
+    SetOpt,
+    TempOpt,
+    TopKOpt,
+    TopPOpt,
+    model_args,
+)
+from llmtune.errors import UserError
+
+
+def bon(
+    model: Annotated[str, typer.Option("--model", metavar="M", help="Policy: model dir, Hub id or run dir.")],
+    reward: Annotated[str, typer.Option("--reward", metavar="RM", help="Reward model: an `llmtune rm` output dir.")],
+    prompts: Annotated[
+        Path, typer.Option("--prompts", metavar="FILE", help="Prompts: .jsonl/.json/.csv/.parquet rows or a .txt.")
+    ],
+    out: Annotated[Path, typer.Option("--out", metavar="DIR", help="Writes best.jsonl, pairs.jsonl, scored.jsonl.")],
+    n: Annotated[int, typer.Option("--n", metavar="N", help="Answers sampled per prompt.")] = 4,
+    adapter: Annotated[Optional[str], typer.Option("--adapter", metavar="DIR", help="Adapter on --model.")] = None,
+    temperature: Annotated[float, typer.Option("--temperature", metavar="T", help="Sampling temperature.")] = 0.8,
+    top_p: Annotated[Optional[float], typer.Option("--top-p", metavar="P", help="Nucleus sampling.")] = None,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", metavar="N", help="Answer length cap.")] = 256,
+    batch_size: Annotated[int, typer.Option("--batch-size", metavar="B", help="Prompts per batch.")] = 8,
+    seed: Annotated[int, typer.Option("--seed", metavar="S", help="Sampling seed.")] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Write into a non-empty --out.")] = False,
+) -> None:
+    """Best-of-N: sample N answers per prompt, score them with a reward model, write SFT and preference data."""
+    from llmtune import console
+    from llmtune.jobs.bon import BonOptions, best_of_n
+
+    options = BonOptions(
+        model, reward, prompts, out, adapter=adapter, n=n, temperature=temperature, top_p=top_p,
+        max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, overwrite=overwrite,
+    )  # fmt: skip
+    result = best_of_n(options)
+    console.stdout().print(
+        f"{result.prompts} prompts: {result.best} best answers, {result.pairs} pairs, {result.skipped} skipped; "
+        f"wrote {', '.join(str(p) for p in result.files.values())}"
+    )
+
+
+def eval_cmd(
+    model: ModelOpt = None,
+    adapter: AdapterOpt = None,
+    data: Annotated[Optional[str], typer.Option("--data", metavar="FILE", help="Eval data file (any format).")] = None,
+    recipe: Annotated[
+        Optional[Path], typer.Option("--recipe", metavar="R.yaml", help="Evaluate on this recipe's eval split.")
+    ] = None,
+    set_: SetOpt = None,
+    fmt: Annotated[Optional[str], typer.Option("--format", metavar="FMT", help="Row format of --data.")] = None,
+    compare: Annotated[
+        Optional[list[str]], typer.Option("--compare", metavar="SPEC", help="Another model/run/adapter (repeatable).")
+    ] = None,
+    reference: Annotated[
+        Optional[str], typer.Option("--reference", metavar="M", help="Reference model for the implicit DPO accuracy.")
+    ] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", metavar="FILE", help="Write the numbers as JSON.")] = None,
+    max_samples: Annotated[
+        Optional[int], typer.Option("--max-samples", metavar="N", min=1, help="Evaluate the first N rows.")
+    ] = None,
+    batch_size: BatchOpt = 8,
+    context: Annotated[
+        Optional[int],
+        typer.Option("--context", metavar="N", min=2, help="Text perplexity window (default: model max, <= 2048)."),
+    ] = None,
+    generate: Annotated[bool, typer.Option(help="Generate answers for chat data (exact match, ROUGE-L).")] = True,
+    max_new_tokens: MaxNewOpt = 64,
+    dtype: DtypeOpt = "auto",
+    endpoint: EndpointOpt = None,
+) -> None:
+    """Perplexity, bits per byte, generation, reward and DPO metrics of one or more models, in one table."""
+    from llmtune import console
+    from llmtune.eval import job as job
+    from llmtune.infer.generate import DecodeOptions
+    from llmtune.recipe import load_recipe
+
+    if (data is None) == (recipe is None):
+        raise UserError("give exactly one of --data FILE or --recipe R.yaml (its eval split)")
+    resolved = load_recipe(recipe, set_) if recipe else None
+    if resolved is not None:
+        rows = job.recipe_eval_data(resolved, max_samples)
+    else:
+        rows = job.read_eval_file(data, fmt, max_samples, endpoint)
+    specs = job.plan_specs(*model_args(model, adapter), list(compare or []), resolved)
+    decode = DecodeOptions(max_new_tokens=max_new_tokens)
+    options = job.EvalOptions(batch_size, context, generate, decode, dtype, endpoint)
+    results = job.run_eval(specs, rows, options, reference)
+    console.stdout().print(job.results_table(results, f"{rows.label} ({len(rows.rows)} {rows.kind} rows)"))
+    if out is not None:
+        job.write_results(out, rows, results)
+        console.info(f"wrote {out}", markup=False)
+
+
+def generate_cmd(
+    prompt: Annotated[
+        Optional[list[str]], typer.Argument(metavar="[PROMPT]...", help="Prompts.", show_default=False)
+    ] = None,
+    model: ModelOpt = None,
+    adapter: AdapterOpt = None,
+    prompts: Annotated[
+        Optional[Path], typer.Option("--prompts", metavar="FILE", help="Prompt file: .txt lines or .jsonl rows.")
+    ] = None,
+    raw: Annotated[bool, typer.Option("--raw", help="Plain-text prompts, no chat template.")] = False,
+    out: Annotated[Optional[Path], typer.Option("--out", metavar="FILE", help="Write JSONL results here.")] = None,
+    max_new_tokens: MaxNewOpt = 256,
+    temperature: TempOpt = 0.0,
+    top_k: TopKOpt = None,
+    top_p: TopPOpt = None,
+    num_beams: BeamsOpt = 1,
+    repetition_penalty: RepOpt = 1.0,
+    num_return_sequences: Annotated[int, typer.Option("--num-return-sequences", metavar="N", min=1)] = 1,
+    seed: SeedOpt = None,
+    batch_size: BatchOpt = 16,
+    dtype: DtypeOpt = "auto",
+    endpoint: EndpointOpt = None,
+) -> None:
+    """Generate completions for prompts (arguments or a file), batched, greedy / beam search / sampling."""
+    from llmtune.infer.generate import DecodeOptions, generate, write_generations
+    from llmtune.infer.load import load_for_inference
+    from llmtune.infer.prompts import read_prompts
+
+    texts = list(prompt or []) + (read_prompts(prompts) if prompts else [])
+    if not texts:
+        raise UserError("no prompts: pass them as arguments or with --prompts FILE")
+    options = DecodeOptions(max_new_tokens, temperature, top_k, top_p, num_beams, repetition_penalty,
+                            num_return_sequences, seed)  # fmt: skip
+    options.check()
+    loaded = load_for_inference(*model_args(model, adapter), dtype=dtype, endpoint=endpoint)
+    outputs = generate(loaded.model, loaded.tokenizer, texts, options, chat=not raw, batch_size=batch_size)
+    write_generations(texts, outputs, out)
+
+
+def chat_cmd(
+    model: ModelOpt = None,
+    adapter: AdapterOpt = None,
+    system: Annotated[Optional[str], typer.Option("--system", metavar="TEXT", help="System message.")] = None,
+    max_new_tokens: MaxNewOpt = 256,
+    temperature: TempOpt = 0.0,
+    top_k: TopKOpt = None,
+    top_p: TopPOpt = None,
+    num_beams: BeamsOpt = 1,
+    repetition_penalty: RepOpt = 1.0,
+    seed: SeedOpt = None,
+    dtype: DtypeOpt = "auto",
+    endpoint: EndpointOpt = None,
+) -> None:
+    """Talk to a model with its chat template, answers streamed; /reset starts over, /exit quits."""
+    from llmtune.infer.chat import chat_loop
+    from llmtune.infer.generate import DecodeOptions
+    from llmtune.infer.load import load_for_inference
+
+    options = DecodeOptions(max_new_tokens, temperature, top_k, top_p, num_beams, repetition_penalty, 1, seed)
+    options.check()
+    loaded = load_for_inference(*model_args(model, adapter), dtype=dtype, endpoint=endpoint)
+    chat_loop(loaded.model, loaded.tokenizer, options, system=system)
+
+
+COMMANDS = {
+    "bon": bon,
+    "eval": eval_cmd,
+    "generate": generate_cmd,
+    "chat": chat_cmd,
+}

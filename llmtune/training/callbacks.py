@@ -1,0 +1,77 @@
+"""Trainer callbacks: metrics.jsonl (and first-step timing), and one readable progress line per log."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from llmtune import console
+from llmtune.training import checkpoints
+
+
+def metrics_logger(path: Path) -> Any:
+    """A light TrainerCallback: each log dict becomes a row of metrics.jsonl; it also times the first step."""
+    from transformers import TrainerCallback
+
+    class MetricsLogger(TrainerCallback):
+        def __init__(self) -> None:
+            self.train_begin = self.first_step_end = self.train_end = None
+            self.first_step = 0
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.train_begin = time.perf_counter()
+            self.first_step = state.global_step
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.first_step_end is None:
+                self.first_step_end = time.perf_counter()
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.train_end = time.perf_counter()
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and logs:
+                row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), **logs}
+                with checkpoints.write_errors(path.parent, path.name), path.open("a", encoding="utf-8") as f:
+                    f.write(json.dumps(row) + "\n")
+
+        def timings(self, steps: int) -> tuple[float | None, float | None]:
+            if self.first_step_end is None or self.train_begin is None or self.train_end is None:
+                return None, None
+            later = steps - self.first_step - 1
+            step_s = (self.train_end - self.first_step_end) / later if later > 0 else None
+            return self.first_step_end - self.train_begin, step_s
+
+    return MetricsLogger()
+
+
+_SHOWN = ("loss", "eval_loss", "grad_norm", "learning_rate", "mean_token_accuracy", "rewards/accuracies")
+
+
+def progress_printer() -> Any:
+    """transformers' progress bar, but each log is one readable line ("step 20/150  loss 4.915 ...") not a dict."""
+    from transformers import ProgressCallback
+
+    class ProgressPrinter(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not (state.is_world_process_zero and self.training_bar is not None and logs):
+                return
+            shown = [f"{k.replace('learning_rate', 'lr')} {v:.4g}" for k, v in logs.items() if k in _SHOWN]
+            if shown:
+                self.training_bar.write(f"step {state.global_step}/{state.max_steps}  " + "  ".join(shown))
+
+    return ProgressPrinter()
+
+
+def quiet_library_noise() -> None:
+    """Silence messages users cannot act on (unless --verbose): an optional bitsandbytes CPU kernel package, and
+    a deprecated transformers attribute that peft still reads."""
+    if console.verbosity() >= console.VERBOSE:
+        return
+    import logging
+    import warnings
+
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)

@@ -1,0 +1,165 @@
+"""The single training entry: every training stage (pt, sft, rm, dpo) runs through `run`.
+
+It owns what makes a run trustworthy: the output-dir guarantees, the seed, the resolved recipe written next
+to the outputs, resume, metrics, and an atomic final save. Stages only build a trainer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from llmtune import console
+from llmtune.modeling import check_method, count_parameters
+from llmtune.schema import Recipe
+from llmtune.stages.args import common_training_args
+from llmtune.training import checkpoints
+from llmtune.training.callbacks import metrics_logger, progress_printer, quiet_library_noise
+from llmtune.training.rundir import (
+    check_output_dir,
+    checkpoint_step,
+    library_versions,
+    output_guard,
+    recipe_changes,
+    truncate_metrics,
+    write_recipe,
+)
+
+if TYPE_CHECKING:
+    from transformers import Trainer
+
+
+@dataclass
+class RunResult:
+    """What a finished run reports (also written to DIR/summary.json)."""
+
+    output_dir: str
+    stage: str
+    method: str
+    steps: int
+    final_loss: float | None
+    mean_loss: float | None
+    eval_loss: float | None
+    runtime_s: float
+    first_step_s: float | None
+    step_s: float | None
+    trainable_params: int
+    total_params: int
+    world_size: int
+    trainer: Any = field(default=None, repr=False, compare=False)
+    """The trainer, with the trained model in memory (not written to summary.json)."""
+
+    def summary(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "trainer"}
+
+
+def save_final(trainer: Trainer, out: Path) -> None:
+    """Save the adapter or model and the tokenizer into `.final-tmp`, then move each file into place."""
+    tmp = out / ".final-tmp"
+    if trainer.is_world_process_zero():
+        shutil.rmtree(tmp, ignore_errors=True)
+    trainer.save_model(str(tmp))
+    if not trainer.is_world_process_zero():
+        return
+    (tmp / "training_args.bin").unlink(missing_ok=True)
+    for item in tmp.iterdir():
+        target = out / item.name
+        if target.is_dir():
+            shutil.rmtree(target)
+        os.replace(item, target)
+    tmp.rmdir()
+
+
+def _last(history: list[dict], key: str) -> float | None:
+    return next((row[key] for row in reversed(history) if key in row), None)
+
+
+def _train(trainer: Trainer, out: Path, checkpoint: Path | None) -> tuple[Any, float]:
+    started = time.perf_counter()
+    output = checkpoints.resume_finished(trainer, checkpoint) if checkpoint else None
+    output = output or trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    step = trainer.state.global_step
+    evaluated = any("eval_loss" in row and row.get("step") == step for row in trainer.state.log_history)
+    if trainer.eval_dataset is not None and not evaluated:
+        trainer.evaluate()
+    with checkpoints.write_errors(out, "the final model", partial=out / ".final-tmp"):
+        save_final(trainer, out)
+    return output, time.perf_counter() - started
+
+
+def _attach(trainer: Trainer, recipe: Recipe, out: Path, world_size: int) -> Any:
+    """Add the metrics logger (returned, for its timings); drop the per-log printer when --quiet."""
+    logger = metrics_logger(out / "metrics.jsonl")
+    trainer.add_callback(logger)
+    from transformers import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    if console.verbosity() != console.QUIET and trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(progress_printer())
+    if recipe.train.nproc > world_size:
+        console.warn(f"train.nproc is {recipe.train.nproc} but this is a single process; launch it with accelerate")
+    return logger
+
+
+def _result(recipe: Recipe, trainer: Trainer, output: Any, runtime: float, logger: Any, world_size: int) -> RunResult:
+    trainable, total = count_parameters(trainer.model)
+    first_step_s, step_s = logger.timings(output.global_step)
+    history = trainer.state.log_history
+    return RunResult(
+        output_dir=recipe.output.dir,
+        stage=recipe.stage,
+        method=recipe.method.kind,
+        steps=output.global_step,
+        final_loss=_last(history, "loss"),
+        mean_loss=output.training_loss,
+        eval_loss=_last(history, "eval_loss"),
+        runtime_s=round(runtime, 3),
+        first_step_s=first_step_s,
+        step_s=step_s,
+        trainable_params=trainable,
+        total_params=total,
+        world_size=world_size,
+        trainer=trainer,
+    )
+
+
+def run(recipe: Recipe, *, resume: bool = False) -> RunResult:
+    """Train one recipe end to end and return its summary; the output dir is checked before anything heavy."""
+    out = Path(recipe.output.dir)
+    checkpoint = check_output_dir(out, recipe.output.overwrite, resume)
+    if checkpoint is not None and (changed := recipe_changes(out, recipe)):
+        console.info(f"resuming with changed settings: {', '.join(changed)}", markup=False)
+    check_method(recipe)
+    console.info(f"{recipe.stage}: writing the run to {out}", markup=False)
+    quiet_library_noise()
+
+    from accelerate import PartialState
+    from transformers import set_seed
+
+    from llmtune.stages import get_stage
+
+    state = PartialState()
+    set_seed(recipe.train.seed)
+    trainer = get_stage(recipe.stage).build(recipe, common_training_args(recipe))
+    logger = _attach(trainer, recipe, out, state.num_processes)
+    checkpoints.install(trainer, out, recipe.train.save_total_limit)
+    state.wait_for_everyone()  # every process has checked the dir before the main one moves old contents aside
+    with output_guard(out, replace=recipe.output.overwrite and checkpoint is None, is_main=state.is_main_process):
+        if state.is_main_process:
+            with checkpoints.write_errors(out, "recipe.yaml and metrics.jsonl"):
+                write_recipe(out, recipe, state.num_processes)
+                if checkpoint is not None:
+                    checkpoints.remove_incomplete(out)
+                    truncate_metrics(out / "metrics.jsonl", checkpoint_step(checkpoint))
+        state.wait_for_everyone()
+        output, runtime = _train(trainer, out, checkpoint)
+        result = _result(recipe, trainer, output, runtime, logger, state.num_processes)
+        if state.is_main_process:
+            summary = {**result.summary(), "versions": library_versions()}
+            (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return result
