@@ -46,8 +46,11 @@ demo: install
 	$(BIN)/llmtune sft --recipe recipes/demo/sft-lora.yaml $(DEMO_SET)
 	@echo "== before (pretrained base) vs after LoRA SFT, on held-out tasks: loss, perplexity, exact match =="
 	$(BIN)/llmtune eval --model runs/demo/pt --compare runs/demo/sft --data data/builtin/eval_messages.jsonl \
-		--max-samples 96 --max-new-tokens 16 --out runs/demo/eval-sft.json
+		--max-samples 96 --max-new-tokens 16 --show 4 --out runs/demo/eval-sft.json
 	$(BIN)/llmtune dpo --recipe recipes/demo/dpo.yaml $(DEMO_SET)
+	@echo "== answers after SFT vs after DPO, on held-out prompts =="
+	$(BIN)/llmtune eval --model runs/demo/sft --compare runs/demo/dpo --data data/builtin/eval_messages.jsonl \
+		--max-samples 32 --max-new-tokens 16 --show 4
 	$(BIN)/llmtune rm --recipe recipes/demo/rm.yaml $(DEMO_SET)
 	$(BIN)/llmtune bon --model runs/demo/sft --reward runs/demo/rm --prompts data/builtin/eval_preference.jsonl \
 		--n 4 --max-new-tokens 32 --out runs/demo/bon --overwrite

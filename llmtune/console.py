@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import sys
 from typing import Any
 
 QUIET, NORMAL, VERBOSE = 0, 1, 2
@@ -14,10 +16,21 @@ _level = NORMAL
 
 
 def set_verbosity(level: int) -> None:
-    """QUIET prints errors and warnings only; VERBOSE adds debug lines and library logs."""
+    """QUIET prints errors and warnings only; VERBOSE adds debug lines and library logs.
+
+    Progress bars are for a person watching a terminal: with -q, or when stderr is a file or a pipe, the
+    libraries' bars (weight loading, downloads, datasets) are switched off before those libraries are imported."""
     global _level
     _level = level
     logging.basicConfig(level=logging.DEBUG if level >= VERBOSE else logging.WARNING, format="%(name)s: %(message)s")
+    if not live_progress():
+        for name in ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS"):
+            os.environ.setdefault(name, "1")
+
+
+def live_progress() -> bool:
+    """Whether to draw progress bars: not with -q, and only on a terminal (never into a log file)."""
+    return _level != QUIET and sys.stderr.isatty()
 
 
 def verbosity() -> int:
@@ -60,3 +73,14 @@ def error(message: str) -> None:
     from rich.markup import escape
 
     console().print(f"[bold red]error:[/bold red] {escape(message)}")
+
+
+def quiet_libraries() -> None:
+    """Silence library messages users cannot act on (unless --verbose): bitsandbytes' notice about an optional
+    CPU kernel package, and a deprecated transformers attribute that peft still reads."""
+    if _level >= VERBOSE:
+        return
+    import warnings
+
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)

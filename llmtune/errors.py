@@ -35,10 +35,16 @@ EXTRAS = {
 
 
 def has_module(name: str) -> bool:
-    """True when `name` can be imported (checked without importing it)."""
+    """True when `name` can be imported (checked without importing it; a module blocked in sys.modules is not)."""
     import importlib.util
+    import sys
 
-    return importlib.util.find_spec(name) is not None
+    if name in sys.modules:
+        return sys.modules[name] is not None
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def install_hint(name: str) -> str:

@@ -83,6 +83,9 @@ def eval_cmd(
     ] = None,
     generate: Annotated[bool, typer.Option(help="Generate answers for chat data (exact match, ROUGE-L).")] = True,
     max_new_tokens: MaxNewOpt = 64,
+    show: Annotated[
+        int, typer.Option("--show", metavar="N", min=0, help="Print N prompts with the expected and generated answers.")
+    ] = 0,
     dtype: DtypeOpt = "auto",
     endpoint: EndpointOpt = None,
 ) -> None:
@@ -104,6 +107,8 @@ def eval_cmd(
     options = job.EvalOptions(batch_size, context, generate, decode, dtype, endpoint)
     results = job.run_eval(specs, rows, options, reference)
     console.stdout().print(job.results_table(results, f"{rows.label} ({len(rows.rows)} {rows.kind} rows)"))
+    if show:
+        job.show_examples(rows, results, show)
     if out is not None:
         job.write_results(out, rows, results)
         console.info(f"wrote {out}", markup=False)

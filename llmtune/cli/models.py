@@ -97,10 +97,12 @@ def plan_cmd(
     device: Annotated[PlanDevice, typer.Option("--device", help="Estimate for a GPU or a CPU run.")] = PlanDevice.gpu,
 ) -> None:
     """Count parameters and estimate peak memory per device from config.json alone (no weights downloaded)."""
+    from llmtune import console
     from llmtune.plan.memory import parse_memory
     from llmtune.plan.report import make_plan, render
     from llmtune.recipe import load_recipe
 
+    console.quiet_libraries()
     budget = parse_memory(gpu_memory) if gpu_memory else None
     resolved = load_recipe(recipe, set_)
     render(make_plan(resolved, device.value, nproc, budget), resolved)

@@ -159,7 +159,7 @@ def run_eval(
     try:
         for model, adapter in specs:
             loaded = load_for_inference(model, adapter, dtype=options.dtype, endpoint=options.endpoint)
-            console.info(f"evaluating {loaded.label} on {data.label} ({len(data.rows)} {data.kind} rows)", markup=False)
+            console.info(f"evaluating {loaded.label}", markup=False)
             try:
                 results.append(evaluate_loaded(loaded, data, options, ref))
             finally:
@@ -182,6 +182,22 @@ def results_table(results: list[Result], title: str) -> Any:
         cells = [result.metrics.get(name) for result in results]
         table.add_row(name, *("-" if v is None else f"{v:,}" if isinstance(v, int) else f"{v:.4f}" for v in cells))
     return table
+
+
+def show_examples(data: EvalData, results: list[Result], n: int) -> None:
+    """Print the first `n` held-out prompts with the expected answer and each model's generated answer, so a run
+    is judged by what it says as well as by its numbers."""
+    from rich.markup import escape
+
+    chats = [row for row in data.rows if row.get("messages")]
+    shown = console.stdout()
+    for i, row in enumerate(chats[:n]):
+        prompt, expected = row["messages"][-2]["content"], row["messages"][-1]["content"]
+        shown.print(f"[bold]prompt {i + 1}:[/bold] {escape(prompt)}")
+        shown.print(f"  [dim]expected[/dim]  {escape(expected)}")
+        for result in results:
+            answer = result.generations[i] if i < len(result.generations) else "(not generated)"
+            shown.print(f"  [cyan]{escape(result.label)}[/cyan]  {escape(answer.strip())}")
 
 
 def write_results(path: Path, data: EvalData, results: list[Result]) -> None:

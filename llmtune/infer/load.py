@@ -167,14 +167,15 @@ def _load_weights(model_dir: Path, head: Head, dtype: Any, recipe: Recipe | None
 
 @contextlib.contextmanager
 def quiet_loading() -> Iterator[None]:
-    """No weight-loading progress bars, library deprecation warnings or bitsandbytes kernel notices, unless -v."""
+    """No weight-loading bars, load reports, library deprecation warnings or bitsandbytes kernel notices, unless -v."""
     if console.verbosity() >= console.VERBOSE:
         yield
         return
     from transformers.utils import logging as hf_logging
 
-    bars = hf_logging.is_progress_bar_enabled()
+    bars, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
     hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()  # the load report: a reward head restored by its adapter is not "MISSING"
     bnb = logging.getLogger("bitsandbytes")
     level = bnb.level
     bnb.setLevel(logging.ERROR)
@@ -186,6 +187,7 @@ def quiet_loading() -> Iterator[None]:
             yield
     finally:
         bnb.setLevel(level)
+        hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
 

@@ -72,7 +72,7 @@ def common_training_args(recipe: Recipe) -> dict[str, Any]:
         "eval_strategy": "steps" if has_eval and t.eval_steps else "no",
         "eval_steps": t.eval_steps,
         "report_to": list(t.report_to) or "none",
-        "disable_tqdm": console.verbosity() == console.QUIET,
+        "disable_tqdm": not console.live_progress(),
         "dataloader_pin_memory": cuda,
         "use_cpu": not cuda,  # without CUDA, launched processes join a gloo group (llmtune.training.launch)
     }

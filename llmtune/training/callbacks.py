@@ -58,20 +58,24 @@ def progress_printer() -> Any:
         def on_log(self, args, state, control, logs=None, **kwargs):
             if not (state.is_world_process_zero and self.training_bar is not None and logs):
                 return
-            shown = [f"{k.replace('learning_rate', 'lr')} {v:.4g}" for k, v in logs.items() if k in _SHOWN]
-            if shown:
-                self.training_bar.write(f"step {state.global_step}/{state.max_steps}  " + "  ".join(shown))
+            if line := _log_line(state, logs):
+                self.training_bar.write(line)
 
     return ProgressPrinter()
 
 
-def quiet_library_noise() -> None:
-    """Silence messages users cannot act on (unless --verbose): an optional bitsandbytes CPU kernel package, and
-    a deprecated transformers attribute that peft still reads."""
-    if console.verbosity() >= console.VERBOSE:
-        return
-    import logging
-    import warnings
+def line_printer() -> Any:
+    """Without a terminal (a log file, a pipe): no bar, the same one line per log, through the console."""
+    from transformers import TrainerCallback
 
-    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    class LinePrinter(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and logs and (line := _log_line(state, logs)):
+                console.info(line, markup=False)
+
+    return LinePrinter()
+
+
+def _log_line(state: Any, logs: dict[str, Any]) -> str | None:
+    shown = [f"{k.replace('learning_rate', 'lr')} {v:.4g}" for k, v in logs.items() if k in _SHOWN]
+    return f"step {state.global_step}/{state.max_steps}  " + "  ".join(shown) if shown else None

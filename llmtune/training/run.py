@@ -19,7 +19,7 @@ from llmtune.modeling import check_method, count_parameters
 from llmtune.schema import Recipe
 from llmtune.stages.args import common_training_args
 from llmtune.training import checkpoints
-from llmtune.training.callbacks import metrics_logger, progress_printer, quiet_library_noise
+from llmtune.training.callbacks import line_printer, metrics_logger, progress_printer
 from llmtune.training.rundir import (
     check_output_dir,
     checkpoint_step,
@@ -99,8 +99,9 @@ def _attach(trainer: Trainer, recipe: Recipe, out: Path, world_size: int) -> Any
     from transformers import PrinterCallback, ProgressCallback
 
     trainer.remove_callback(PrinterCallback)
-    if console.verbosity() != console.QUIET and trainer.pop_callback(ProgressCallback) is not None:
-        trainer.add_callback(progress_printer())
+    had_bar = trainer.pop_callback(ProgressCallback) is not None
+    if console.verbosity() != console.QUIET:
+        trainer.add_callback(progress_printer() if had_bar else line_printer())
     if recipe.train.nproc > world_size:
         console.warn(f"train.nproc is {recipe.train.nproc} but this is a single process; launch it with accelerate")
     return logger
@@ -136,7 +137,7 @@ def run(recipe: Recipe, *, resume: bool = False) -> RunResult:
         console.info(f"resuming with changed settings: {', '.join(changed)}", markup=False)
     check_method(recipe)
     console.info(f"{recipe.stage}: writing the run to {out}", markup=False)
-    quiet_library_noise()
+    console.quiet_libraries()
 
     from accelerate import PartialState
     from transformers import set_seed
