@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
 
 from llmtune.cli.options import RecipeArg, SetOpt
 
 app = typer.Typer(help="Validate, show and list recipes.", no_args_is_help=True)
-
-
-def _recipes_root() -> Path:
-    """Shipped recipes: ./recipes when run from a checkout, else the one beside the installed package."""
-    local = Path("recipes")
-    return local if local.is_dir() else Path(__file__).resolve().parent.parent / "recipes"
 
 
 @app.command("validate")
@@ -38,11 +30,11 @@ def recipe_show(recipe: RecipeArg, set_: SetOpt = None) -> None:
 
 @app.command("list")
 def recipe_list() -> None:
-    """List the shipped recipes with their one-line descriptions."""
-    from llmtune.recipe import describe_line
+    """List the shipped recipes by the name `--recipe` and `extends:` accept, each with its one-line description."""
+    from llmtune.recipe import SHIPPED_DIR, describe_line
 
-    root = _recipes_root()
-    for path in sorted(root.rglob("*.yaml")):
-        if "accelerate" in path.parts:
-            continue
-        print(f"{path.relative_to(root.parent)}  {describe_line(path)}")
+    paths = sorted(p for p in SHIPPED_DIR.rglob("*.yaml") if p.parent.name != "accelerate")
+    names = [p.relative_to(SHIPPED_DIR).with_suffix("").as_posix() for p in paths]
+    width = max(map(len, names), default=0)
+    for name, path in zip(names, paths, strict=True):
+        print(f"{name:<{width}}  {describe_line(path)}")
