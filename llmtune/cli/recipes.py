@@ -11,13 +11,17 @@ app = typer.Typer(help="Validate, show and list recipes.", no_args_is_help=True)
 
 @app.command("validate")
 def recipe_validate(recipe: RecipeArg, set_: SetOpt = None) -> None:
-    """Check a recipe against the schema; exit 2 with the problem if it is invalid."""
+    """Check a recipe against the schema and every local path it names; exit 2 with the problem if it is invalid."""
+    from llmtune.hub.recipe_paths import check_recipe_paths
     from llmtune.recipe import load_recipe
     from llmtune.training.accelerate import check_launch
 
     resolved = load_recipe(recipe, set_)
     check_launch(resolved, hardware=False)
+    hub_ids = check_recipe_paths(resolved, str(recipe))
     print(f"{recipe}: ok ({resolved.stage}, {resolved.method.kind}, model {resolved.model.name_or_path})")
+    for key, name in hub_ids:
+        print(f"  {key}: {name} is a Hub id, not fetched by validate (`llmtune download {name}` fetches it)")
 
 
 @app.command("show")
