@@ -5,6 +5,7 @@ checkout."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -102,3 +103,45 @@ def test_extends_and_accelerate_config_take_shipped_names(tmp_path: Path, monkey
     assert argv[argv.index("--config_file") + 1] == str(SHIPPED / "accelerate" / "zero3_offload.yaml")
     ds_file = Path(argv[argv.index("--deepspeed_config_file") + 1])
     assert ds_file.is_absolute() and ds_file.is_file()
+
+
+def make_prerequisites() -> dict[str, list[str]]:
+    """Each Makefile target's prerequisites as make itself reads them (variables expanded, rules merged)."""
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    database = subprocess.run(["make", "-pRrq", "-f", "Makefile", "__no_such_target__"], cwd=ROOT,
+                              capture_output=True, text=True).stdout  # fmt: skip
+    rules = (line.split(":", 1) for line in database.splitlines() if ":" in line and not line.startswith(("#", "\t")))
+    return {target: prereqs.split() for target, prereqs in rules if " " not in target and "=" not in prereqs}
+
+
+def closure(graph: dict[str, list[str]], target: str) -> set[str]:
+    seen, todo = set(), [target]
+    while todo:
+        for dep in graph.get(todo.pop(), []):
+            if dep not in seen:
+                seen.add(dep)
+                todo.append(dep)
+    return seen
+
+
+def test_only_make_test_builds_the_mirror_venv() -> None:
+    graph = make_prerequisites()
+    mirror = ".venv-mirror/.installed"
+    assert mirror in closure(graph, "test")
+    for target in ("demo", "install", "lint", "bench", "docs"):
+        assert mirror not in closure(graph, target), target
+    assert ".venv/.installed" in closure(graph, "demo")
+
+
+def test_license_is_an_spdx_string_and_setuptools_reads_it() -> None:
+    lines = (ROOT / "pyproject.toml").read_text(encoding="utf-8").splitlines()  # tomllib is 3.11+; 3.10 is supported
+    assert 'license = "Apache-2.0"' in lines
+    requires = next(line for line in lines if line.startswith("requires = "))
+    assert '"setuptools>=77"' in requires
+
+
+def test_the_wheel_declares_its_license_as_an_spdx_expression(wheel: Path) -> None:
+    with zipfile.ZipFile(wheel) as archive:
+        metadata = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
+        assert "License-Expression: Apache-2.0" in archive.read(metadata).decode()
