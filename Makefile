@@ -1,5 +1,6 @@
 # One entry point for setting up, testing, the demo and the benchmarks.
-# Everything is installed into .venv by `make install` (a dependency of every target), on a fresh machine too.
+# Everything is installed into .venv by `make install` (a dependency of every target), on a fresh machine too;
+# `make test` also builds .venv-mirror (the Hub-mirror server the download tests run).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -66,8 +67,9 @@ clean:
 MIRROR_VENV ?= .venv-mirror
 OLAH        ?= olah==0.5.4
 
+# Only the tests need it: `make test` builds it, `make demo` and the rest do not.
 .PHONY: mirror-env
-install: $(MIRROR_VENV)/.installed
+test: $(MIRROR_VENV)/.installed
 mirror-env: $(MIRROR_VENV)/.installed
 
 $(MIRROR_VENV)/.installed: Makefile

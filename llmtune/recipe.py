@@ -19,6 +19,34 @@ from llmtune.schema import Recipe, nested_model
 
 Position = tuple[str, int]  # (file, 1-based line)
 
+SHIPPED_DIR = Path(__file__).resolve().parent / "recipes"
+"""The recipes (and accelerate configs) shipped inside the package; `./recipes` in a checkout links here."""
+
+
+def find_recipe(ref: str | Path, base: Path | None = None) -> Path:
+    """A recipe given as a path (relative to `base`, else the cwd) or as a shipped recipe's name.
+
+    A name is relative to the shipped folder, `.yaml` optional, and may keep a leading `recipes/`
+    (`qwen2.5-0.5b/sft-lora`, `recipes/demo/pt.yaml`), so the docs' commands work outside a checkout too.
+    A local file wins; when neither exists the local path is returned, for the caller's "not found".
+    """
+    local = base / ref if base is not None else Path(ref)
+    if local.is_file():
+        return local
+    return shipped_file(str(ref), ".yaml") or local
+
+
+def shipped_file(ref: str, suffix: str) -> Path | None:
+    """The shipped file `ref` names (with or without `suffix` and a leading `recipes/`), or None."""
+    name = ref.replace("\\", "/").removeprefix("./").removeprefix("recipes/")
+    if name.startswith(("/", "~", "..")):
+        return None
+    for candidate in (name, name + suffix):
+        path = SHIPPED_DIR / candidate
+        if path.is_file():
+            return path
+    return None
+
 
 @dataclass
 class _Loaded:
@@ -53,7 +81,9 @@ def _read_yaml(path: Path) -> _Loaded:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise UserError(f"{path}: recipe file not found") from None
+        raise UserError(
+            f"{path}: recipe file not found, nor a shipped recipe of that name (`llmtune recipe list` shows them)"
+        ) from None
     except UnicodeDecodeError:
         raise not_utf8(str(path), path.read_bytes(), "save the recipe as UTF-8") from None
     except OSError as exc:
@@ -99,11 +129,17 @@ def _resolve(path: Path, chain: tuple[Path, ...]) -> _Loaded:
         return loaded
     if not isinstance(parent_ref, str):
         line = loaded.positions.get(("extends",), (str(path), 0))[1]
-        raise UserError(f"{path}:{line}: `extends` must be a path to another recipe, relative to this file")
-    parent_path = path.parent / parent_ref
+        raise UserError(
+            f"{path}:{line}: `extends` must be a path to another recipe (relative to this file) "
+            "or a shipped recipe's name"
+        )
+    parent_path = find_recipe(parent_ref, path.parent)
     if not parent_path.is_file():
         line = loaded.positions.get(("extends",), (str(path), 0))[1]
-        raise UserError(f"{path}:{line}: `extends: {parent_ref}` not found (looked for {parent_path})")
+        raise UserError(
+            f"{path}:{line}: `extends: {parent_ref}` not found (looked for {parent_path}, and for a shipped recipe "
+            "of that name: `llmtune recipe list` shows them)"
+        )
     parent = _resolve(parent_path, (*chain, path))
     return _Loaded(deep_merge(parent.data, loaded.data), {**parent.positions, **loaded.positions})
 
@@ -194,8 +230,9 @@ def _describe(error: dict[str, Any], positions: dict, origin: str) -> str:
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Read, merge, override and validate a recipe; raise UserError with every problem found."""
-    path = Path(path)
+    """Read, merge, override and validate a recipe (a path or a shipped recipe's name); raise UserError with every
+    problem found."""
+    path = find_recipe(path)
     loaded = _resolve(path, ())
     data = loaded.data
     for assignment in overrides or []:

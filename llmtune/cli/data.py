@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from llmtune.cli.options import SetOpt
+from llmtune.cli.options import RecipeOpt, SetOpt
 
 
 def synth_data(
@@ -58,7 +58,7 @@ def init_model_cmd(
 
 
 def tokenize(
-    recipe: Annotated[Path, typer.Option("--recipe", help="Recipe YAML file.", show_default=False)],
+    recipe: RecipeOpt,
     set_: SetOpt = None,
     show: Annotated[
         int, typer.Option("--show", metavar="N", min=0, help="Print N examples with the trained tokens marked.")

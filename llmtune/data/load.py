@@ -51,6 +51,7 @@ class SourceReport:
     total: int = 0
     skipped: int = 0
     reasons: list[str] = field(default_factory=list)
+    format_hint: str = ""
 
 
 @dataclass
@@ -88,6 +89,24 @@ def _source_format(src: DataSource, raw: Any, where: str, kind: str) -> str:
     return fmt
 
 
+def _format_hint(src: DataSource, raw: Any, fmt: str, kind: str) -> str:
+    """When a row fails in the `format:` the recipe set but its columns say another format, the fix to name;
+    skipping rows would drop them all, so that advice is not given. Empty when the columns agree or say nothing."""
+    if src.format is None or not isinstance(raw, dict):
+        return ""
+    try:
+        detected = detect_format(apply_columns(raw, src.columns))
+    except RowError:
+        return ""
+    if detected == fmt:
+        return ""
+    columns = ", ".join(sorted(apply_columns(raw, src.columns)))
+    hint = f"these columns ({columns}) look like {detected}, not {fmt}; set format: {detected} on this source"
+    if detected not in FORMATS_OF_KIND[kind]:
+        hint += f" ({detected} rows are {KIND_OF_FORMAT[detected]}: this stage trains on {kind} rows)"
+    return hint
+
+
 def read_source(
     src: DataSource,
     *,
@@ -110,8 +129,11 @@ def read_source(
                 report.format = _source_format(src, raw, where, kind)
             converted = convert(report.format, raw, src.columns)
         except RowError as exc:
+            hint = _format_hint(src, raw, report.format, kind)
             if bad_rows == "error":
-                raise UserError(f"{where}: {exc} (or set data.bad_rows: skip to skip bad rows)") from None
+                fix = f"; {hint}" if hint else " (or set data.bad_rows: skip to skip bad rows)"
+                raise UserError(f"{where}: {exc}{fix}") from None
+            report.format_hint = report.format_hint or hint
             report.skipped += 1
             if len(report.reasons) < SHOWN_REASONS:
                 report.reasons.append(f"{where}: {exc}")
@@ -134,8 +156,10 @@ def _check_nonempty(report: SourceReport) -> None:
     if report.total == 0:
         raise UserError(f"{report.label}: no rows (the file is empty); add rows or remove this source from the recipe")
     if report.skipped == report.total:
+        fix = f"; {report.format_hint}" if report.format_hint else ""
         raise UserError(
-            f"{report.label}: none of its {report.total} rows is valid; first problems: {'; '.join(report.reasons)}"
+            f"{report.label}: none of its {report.total} rows is valid{fix}; "
+            f"first problems: {'; '.join(report.reasons)}"
         )
 
 

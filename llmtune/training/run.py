@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from llmtune import console
 from llmtune.modeling import check_method, count_parameters
+from llmtune.outdir import apply_umask
 from llmtune.schema import Recipe
 from llmtune.stages.args import common_training_args
 from llmtune.training import checkpoints
@@ -67,6 +68,7 @@ def save_final(trainer: Trainer, out: Path) -> None:
     if not trainer.is_world_process_zero():
         return
     (tmp / "training_args.bin").unlink(missing_ok=True)
+    apply_umask(tmp)  # safetensors writes the weights 0600
     for item in tmp.iterdir():
         target = out / item.name
         if target.is_dir():
