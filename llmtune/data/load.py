@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llmtune import console
@@ -146,7 +147,10 @@ def read_source(
             f"first: {'; '.join(report.reasons)}"
         )
     if src.max_samples is not None and len(rows) > src.max_samples:
-        keep = sorted(random.Random(f"max_samples:{seed}:{src.path}").sample(range(len(rows)), src.max_samples))
+        # Keyed by the file or dataset name, not the whole path: the same data moved elsewhere (another checkout,
+        # a temporary directory) must give the same rows, as the same recipe and seed give the same weights.
+        rng = random.Random(f"max_samples:{seed}:{Path(src.path).name}")
+        keep = sorted(rng.sample(range(len(rows)), src.max_samples))
         rows = [rows[i] for i in keep]
     report.rows = len(rows)
     return rows, report
