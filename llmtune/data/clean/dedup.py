@@ -74,7 +74,9 @@ class NearDedup:
         from datasketch import MinHash, MinHashLSH
 
         self.spec = spec
-        self.template = MinHash(num_perm=spec.permutations, seed=spec.seed, scheme="affine32")  # permutations made once, then shared
+        self.template = MinHash(
+            num_perm=spec.permutations, seed=spec.seed, scheme="affine32"
+        )  # permutations made once, then shared
         self.index = MinHashLSH(threshold=spec.threshold, num_perm=spec.permutations, hashfunc=_band_key)
         self.signatures: dict[str, bytes] = {}  # uint32 hash values: affine32 MinHash values fit 32 bits
         self.clusters = Clusters()
@@ -83,7 +85,10 @@ class NearDedup:
         from datasketch import MinHash
 
         sig = MinHash(
-            num_perm=self.spec.permutations, seed=self.spec.seed, permutations=self.template.permutations, scheme="affine32"
+            num_perm=self.spec.permutations,
+            seed=self.spec.seed,
+            permutations=self.template.permutations,
+            scheme="affine32",
         )
         sig.update_batch(list(shingles(text, self.spec.ngram)))
         return sig
