@@ -21,7 +21,7 @@ WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*|[\u3040-\u30ff\u3400-\u9fff\uac00-
 CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")
 SENTENCE = re.compile(r"[^.!?。！？\n]+[.!?。！？]*")
 REPETITION_MIN_WORDS = 10  # the top-word share means nothing on a handful of words
-STOP_WORDS = frozenset("the be to of and that have with".split())  # Gopher's list
+STOP_WORDS = frozenset({"the", "be", "to", "of", "and", "that", "have", "with"})  # Gopher's list
 
 # Defaults by row kind: web-document rules for pretraining text; chat turns, instructions and prompts are short.
 KIND_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -133,9 +133,9 @@ class RuleStep:
             top = Counter(w.lower() for w in found).most_common(1)[0]
             if top[1] / len(found) > s["max_top_word_ratio"]:
                 return f"word {top[0]!r} repeated ({top[1]} of {len(found)} words)"
-        if s["min_stop_words"] and not CJK.search(text):
-            if sum(1 for w in found if w.lower() in STOP_WORDS) < s["min_stop_words"]:
-                return f"fewer than {s['min_stop_words']} stop words"
+        stops = sum(1 for w in found if w.lower() in STOP_WORDS) if s["min_stop_words"] else 0
+        if s["min_stop_words"] and not CJK.search(text) and stops < s["min_stop_words"]:
+            return f"fewer than {s['min_stop_words']} stop words"
         for pattern in self.patterns:
             if pattern.search(text):
                 return f"matches {pattern.pattern!r}"
