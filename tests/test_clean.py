@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cleandata import OBJECTS, SUBJECTS, VERBS, chat_row, document, planted_texts
+from bench.cleandata import OBJECTS, SUBJECTS, VERBS, chat_row, document, planted_texts
 from tests.cli_runner import run_main
 
 
