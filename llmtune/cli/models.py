@@ -95,8 +95,15 @@ def plan_cmd(
         Optional[int], typer.Option("--nproc", metavar="N", min=1, help="Processes (GPUs); default train.nproc.")
     ] = None,
     device: Annotated[PlanDevice, typer.Option("--device", help="Estimate for a GPU or a CPU run.")] = PlanDevice.gpu,
+    config: Annotated[
+        Optional[Path],
+        typer.Option("--config", metavar="FILE", help="Read the model's shapes from this config.json instead."),
+    ] = None,
 ) -> None:
-    """Count parameters and estimate peak memory per device from config.json alone (no weights downloaded)."""
+    """Count parameters and estimate peak memory per device from config.json alone (no weights downloaded).
+
+    config.json comes from --config, a local model directory, the HF cache, the copy llmtune ships for the models of
+    its recipes, or the Hub, in that order."""
     from llmtune import console
     from llmtune.plan.memory import parse_memory
     from llmtune.plan.report import make_plan, render
@@ -105,7 +112,7 @@ def plan_cmd(
     console.quiet_libraries()
     budget = parse_memory(gpu_memory) if gpu_memory else None
     resolved = load_recipe(recipe, set_)
-    render(make_plan(resolved, device.value, nproc, budget), resolved)
+    render(make_plan(resolved, device.value, nproc, budget, config), resolved)
 
 
 COMMANDS = {

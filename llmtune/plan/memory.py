@@ -66,6 +66,11 @@ class ModelFacts:
             return self.freeze_trainable
         return self.adapter_params + self.lora_copies
 
+    def trained_total(self, kind: str) -> int:
+        """All parameters of the model as trained: the base, plus LoRA's adapters and modules_to_save copies (what
+        `llmtune.modeling.count_parameters` counts on the real model, so `plan` and `sft` print the same share)."""
+        return self.total_params + (self.adapter_params + self.lora_copies if kind in ("lora", "qlora") else 0)
+
 
 @dataclass(frozen=True)
 class Setup:
