@@ -23,6 +23,7 @@ from llmtune.cli.options import (
     TopPOpt,
     model_args,
 )
+from llmtune.errors import UserError
 
 ShotsOpt = Annotated[
     Optional[int], typer.Option("--shots", metavar="K", min=0, help="Answered examples before each exam question.")
@@ -33,7 +34,6 @@ McScoreOpt = Annotated[
 HarnessOpt = Annotated[
     Optional[str], typer.Option("--harness", metavar="TASKS", help="lm-evaluation-harness tasks, comma-separated.")
 ]
-from llmtune.errors import UserError
 
 
 def bon(

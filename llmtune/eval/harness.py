@@ -3,6 +3,7 @@ adapter too), through `HFLM(pretrained=<model object>)`, and its numbers join ou
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -14,7 +15,7 @@ if TYPE_CHECKING:
 
 
 def parse_tasks(spec: str) -> list[str]:
-    """"mmlu_anatomy, hellaswag" -> ["mmlu_anatomy", "hellaswag"]."""
+    """ "mmlu_anatomy, hellaswag" -> ["mmlu_anatomy", "hellaswag"]."""
     tasks = [name.strip() for name in spec.split(",") if name.strip()]
     if not tasks:
         raise UserError("--harness: give one or more lm-eval task names, comma-separated (e.g. mmlu,hellaswag)")
@@ -37,14 +38,9 @@ def harness_metrics(
     require_module("lm_eval", "llmtune eval --harness")
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks import TaskManager
 
     logging.getLogger("lm_eval").setLevel(logging.ERROR)  # it warns that a model object ignores model_args
-    manager = TaskManager(include_path=include) if include else TaskManager()
-    unknown = [task for task in tasks if task not in manager.all_tasks]
-    if unknown:
-        where = f" or under {include}" if include else ""
-        raise UserError(f"--harness: no lm-eval task named {', '.join(unknown)} among its tasks{where}")
+    manager = task_manager(tasks, include)
     extra = {"max_length": window} if window else {}
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, **extra)
     out = simple_evaluate(
@@ -52,6 +48,26 @@ def harness_metrics(
         bootstrap_iters=0,
     )  # fmt: skip
     return flatten_results(out["results"] if out else {})
+
+
+@functools.cache
+def _manager(include: str | None, defaults: bool) -> Any:
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=include, include_defaults=defaults)
+
+
+def task_manager(tasks: Sequence[str], include: str | None) -> Any:
+    """lm-eval's task index; only the tasks under `include` when they are all there (indexing its thousands of
+    own task files takes tens of seconds), else its own as well."""
+    if include and all(task in _manager(include, False).all_tasks for task in tasks):
+        return _manager(include, False)
+    manager = _manager(include, True)
+    unknown = [task for task in tasks if task not in manager.all_tasks]
+    if unknown:
+        where = f" or under {include}" if include else ""
+        raise UserError(f"--harness: no lm-eval task named {', '.join(unknown)} among its tasks{where}")
+    return manager
 
 
 def flatten_results(results: dict[str, dict[str, Any]]) -> dict[str, float]:

@@ -151,8 +151,13 @@ def evaluate_loaded(loaded: Loaded, data: EvalData, options: EvalOptions, refere
 
         result.metrics.update(
             harness_metrics(
-                loaded.model, loaded.tokenizer, options.harness, include=options.harness_include,
-                shots=options.shots, batch_size=options.batch_size, window=_context(loaded, options.context),
+                loaded.model,
+                loaded.tokenizer,
+                options.harness,
+                include=options.harness_include,
+                shots=options.shots,
+                batch_size=options.batch_size,
+                window=_context(loaded, options.context),
             )  # fmt: skip
         )
     return result
