@@ -149,4 +149,4 @@ def _markdown(runs: list[Run], figures: list[tuple[str, Path]], out: Path) -> st
         target = out.with_name(f"{out.stem}-{path.name}")
         target.write_bytes(path.read_bytes())
         lines += [f"![{key}]({target.name})", ""]
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n"
