@@ -71,6 +71,9 @@ def test_every_run_draws_its_curves(runs) -> None:
     dpo_rows = [{"step": s, "loss": 0.7 - s / 100, "rewards/accuracies": s / 10, "rewards/margins": s / 5,
                  "rewards/chosen": 0.1 * s, "rewards/rejected": -0.1 * s} for s in range(1, 6)]  # fmt: skip
     assert {"accuracy", "reward margin", "rewards"} <= set(panels_for(dpo_rows))
+    rm_rows = [{"step": s, "eval_accuracy": 0.5, "eval_margin": 0.1 * s, "mean_reward": 0.2} for s in range(1, 4)]
+    assert panels_for(rm_rows) == {"accuracy": ["eval_accuracy"], "reward margin": ["eval_margin"],
+                                   "rewards": ["mean_reward"]}  # fmt: skip
 
 
 def test_a_plotting_failure_is_a_warning(tmp_path, capsys) -> None:

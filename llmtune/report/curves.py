@@ -11,13 +11,15 @@ from typing import Any
 PANELS: dict[str, tuple[str, ...]] = {
     "loss": ("loss", "eval_loss"),
     "learning rate": ("learning_rate",),
-    "accuracy": ("eval_accuracy", "rewards/accuracies", "eval_rewards/accuracies", "mean_token_accuracy",
-                 "eval_mean_token_accuracy"),
-    "reward margin": ("rewards/margins", "eval_rewards/margins"),
-    "rewards": ("rewards/chosen", "rewards/rejected", "eval_rewards/chosen", "eval_rewards/rejected"),
+    "accuracy": ("accuracy", "eval_accuracy", "rewards/accuracies", "eval_rewards/accuracies",
+                 "mean_token_accuracy", "eval_mean_token_accuracy"),
+    "reward margin": ("margin", "eval_margin", "rewards/margins", "eval_rewards/margins"),
+    "rewards": ("mean_reward", "eval_mean_reward", "rewards/chosen", "rewards/rejected", "eval_rewards/chosen",
+                "eval_rewards/rejected"),
     "grad norm": ("grad_norm",),
 }  # fmt: skip
-"""Panel title -> the metrics.jsonl keys drawn in it (train and eval, as transformers and TRL name them)."""
+"""Panel title -> the metrics.jsonl keys drawn in it, train and eval, as transformers and TRL 1.16 name them
+(RewardTrainer: accuracy, margin, mean_reward; DPOTrainer: rewards/accuracies, rewards/margins, rewards/chosen)."""
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
