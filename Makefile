@@ -41,7 +41,7 @@ bench: install
 # run's output dir; then a reward model on the sft model and best-of-N data from it. Re-running replaces the runs.
 DEMO_SET := --set output.overwrite=true
 demo: install
-	test -d data/builtin || $(BIN)/llmtune synth-data data/builtin
+	test -f data/builtin/eval_mc.jsonl || $(BIN)/llmtune synth-data data/builtin --overwrite
 	test -d runs/demo/base || $(BIN)/llmtune init-model runs/demo/base --preset tiny
 	$(BIN)/llmtune pt --recipe recipes/demo/pt.yaml $(DEMO_SET)
 	$(BIN)/llmtune sft --recipe recipes/demo/sft-lora.yaml $(DEMO_SET)
@@ -58,6 +58,10 @@ demo: install
 	$(BIN)/llmtune eval --model runs/demo/dpo --reference runs/demo/sft --data data/builtin/eval_preference.jsonl \
 		--no-generate
 	$(BIN)/llmtune eval --model runs/demo/rm --data data/builtin/eval_preference.jsonl
+	@echo "== an exam (MMLU prompt and scoring, 5-shot per subject): base vs SFT =="
+	$(BIN)/llmtune eval --model runs/demo/pt --compare runs/demo/sft --data data/builtin/eval_mc.jsonl \
+		--shots 5 --dev data/builtin/dev_mc.jsonl
+	$(BIN)/llmtune report runs/demo/pt runs/demo/sft runs/demo/dpo runs/demo/rm --out runs/demo/report.html
 
 clean:
 	rm -rf runs/demo data/builtin .cache/llmtune

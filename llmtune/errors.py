@@ -29,6 +29,11 @@ def not_utf8(label: str, data: bytes, fix: str) -> UserError:
 EXTRAS = {
     "rouge_score": ("metrics", "rouge-score"),
     "tensorboard": ("tensorboard", "tensorboard"),
+    "wandb": ("wandb", "wandb"),
+    "mlflow": ("mlflow", "mlflow-skinny"),
+    "trackio": ("trackio", "trackio"),
+    "swanlab": ("swanlab", "swanlab"),
+    "lm_eval": ("harness", "lm-eval"),
     "deepspeed": (None, "deepspeed"),
 }
 """Optional packages: import name -> (llmtune extra that installs it, its pip name)."""

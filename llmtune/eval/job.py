@@ -3,7 +3,8 @@ it one at a time, print one table with a column per model and write the numbers 
 
 Which numbers depends on the rows: text -> perplexity, bits per char/byte; chat -> perplexity on the trained tokens
 and generation metrics (exact match, ROUGE-L) on the last assistant turn; preference pairs -> reward accuracy and
-margin (a reward model) or log-prob and implicit DPO accuracy (a policy, against its base or --reference).
+margin (a reward model) or log-prob and implicit DPO accuracy (a policy, against its base or --reference); exam
+questions -> accuracy (llmtune.eval.exams). lm-evaluation-harness tasks (--harness) add their own numbers.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ class EvalData:
     label: str
     loss_on: str = "all_assistant"
     max_length: int | None = None
+    shots: list[list[Any]] = field(default_factory=list)
+    """For exams (kind "mc", rows are `exams.Question`s): each question's answered examples."""
 
 
 @dataclass
@@ -45,6 +48,10 @@ class EvalOptions:
     decode: DecodeOptions = field(default_factory=lambda: DecodeOptions(max_new_tokens=64))
     dtype: str = "auto"
     endpoint: str | None = None
+    mc_score: str = "letter"
+    harness: list[str] = field(default_factory=list)
+    harness_include: str | None = None
+    shots: int | None = None
 
 
 @dataclass
@@ -89,6 +96,35 @@ def read_eval_file(
     return EvalData(KIND_OF_FORMAT[fmt], rows[:max_samples], path)
 
 
+def is_exam_file(path: str, endpoint: str | None = None, split: str = "test", subset: str | None = None) -> bool:
+    """True when the first row of the file looks like an exam question (question, choices or A/B..., answer)."""
+    from llmtune.data.readers import read_raw, resolve_path
+    from llmtune.eval.exams import looks_like_mc
+
+    local = resolve_path(path, "main", endpoint)
+    first = next(iter(read_raw(local, path, split if local.is_dir() else "train", subset)), (None, None))[1]
+    return looks_like_mc(first)
+
+
+def read_exam(
+    path: str, *, dev: str | None = None, shots: int = 0, split: str = "test", subset: str | None = None,
+    max_samples: int | None = None, endpoint: str | None = None,
+) -> EvalData:  # fmt: skip
+    """Exam questions and, for k-shot, each one's examples: the first k of its subject in --dev (a file, or the
+    "dev" split of a dataset folder or Hub id)."""
+    from llmtune.eval.exams import read_questions, shots_for
+
+    questions = read_questions(path, split=split, subset=subset, endpoint=endpoint, limit=max_samples)
+    examples: list = []
+    if shots:
+        if dev is None and not Path(path).is_file():
+            dev = path
+        if dev is None:
+            raise UserError(f"--shots {shots}: give --dev FILE, the exam's dev split to take the examples from")
+        examples = read_questions(dev, split="dev", subset=subset, endpoint=endpoint)
+    return EvalData("mc", list(questions), path, shots=shots_for(questions, examples, shots))
+
+
 def recipe_eval_data(recipe: Recipe, max_samples: int | None = None) -> EvalData:
     """The recipe's eval split (its eval sources, or eval_ratio of the training rows), read as training reads it."""
     from llmtune.data.load import read_splits, stage_kind
@@ -108,10 +144,40 @@ def _context(loaded: Loaded, wanted: int | None) -> int:
 
 
 def evaluate_loaded(loaded: Loaded, data: EvalData, options: EvalOptions, reference: Loaded | None = None) -> Result:
-    """Every metric that fits the data and the model's head."""
+    """Every metric that fits the data and the model's head, then those of the --harness tasks."""
+    result = _data_result(loaded, data, options, reference) if data.rows else Result(loaded.label, {})
+    if options.harness:
+        from llmtune.eval.harness import harness_metrics
+
+        result.metrics.update(
+            harness_metrics(
+                loaded.model,
+                loaded.tokenizer,
+                options.harness,
+                include=options.harness_include,
+                shots=options.shots,
+                batch_size=options.batch_size,
+                window=_context(loaded, options.context),
+            )  # fmt: skip
+        )
+    return result
+
+
+def _data_result(loaded: Loaded, data: EvalData, options: EvalOptions, reference: Loaded | None) -> Result:
     from llmtune.eval import measure as ev
 
     model, tok, bs = loaded.model, loaded.tokenizer, options.batch_size
+    if data.kind == "mc":
+        from llmtune.eval.exam_score import exam_metrics
+
+        if loaded.head == "sequence_classification":
+            raise UserError(f"{loaded.label} is a reward model; exams score a language model's answer letters")
+
+        window = _context(loaded, options.context)
+        metrics, predicted = exam_metrics(
+            model, tok, data.rows, data.shots, score=options.mc_score, window=window, batch_size=bs
+        )
+        return Result(loaded.label, metrics, predicted)
     if data.kind == "text":
         texts = [row["text"] for row in data.rows]
         return Result(

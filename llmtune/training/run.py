@@ -165,4 +165,15 @@ def run(recipe: Recipe, *, resume: bool = False) -> RunResult:
         if state.is_main_process:
             summary = {**result.summary(), "versions": library_versions()}
             (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+            _draw_curves(out)
     return result
+
+
+def _draw_curves(out: Path) -> None:
+    """DIR/curves.png; a plotting failure is a warning, never a failed run."""
+    try:
+        from llmtune.report.curves import write_run_curves
+
+        write_run_curves(out)
+    except Exception as exc:  # the run is trained and saved; a picture must not undo that
+        console.warn(f"could not draw {out / 'curves.png'}: {type(exc).__name__}: {exc}")
