@@ -30,6 +30,10 @@ EXTRAS = {
     "rouge_score": ("metrics", "rouge-score"),
     "tensorboard": ("tensorboard", "tensorboard"),
     "deepspeed": (None, "deepspeed"),
+    "gguf": ("gguf", "gguf"),
+    "fastapi": ("serve", "fastapi"),
+    "uvicorn": ("serve", "uvicorn"),
+    "openai": ("serve", "openai"),
 }
 """Optional packages: import name -> (llmtune extra that installs it, its pip name)."""
 
