@@ -4,9 +4,9 @@ the `gguf` package (GGUFWriter for the container, gguf.quants for the block form
 What goes in: the architecture keys llama.cpp reads for `llama` (Llama, Mistral) and `qwen2`; the tensors under
 gguf's own name map, q/k rows permuted into llama.cpp's rotary layout for `llama`; the byte-level BPE tokenizer as
 gpt2-style `tokenizer.ggml.*` keys (tokens, merges, token types, bos/eos/pad ids, and as eot the chat template's
-end-of-turn id) and the chat template. 2-D weights take the chosen type; a weight whose rows do not split into the type's blocks, and
-every 1-D tensor, is written as f16 / f32 (as llama.cpp's own converter does). Nothing time- or path-dependent is
-written, so the same model gives the same bytes.
+end-of-turn id) and the chat template. 2-D weights take the chosen type; a weight whose rows do not split into the
+type's blocks, and every 1-D tensor, is written as f16 / f32 (as llama.cpp's own converter does). Nothing time- or
+path-dependent is written, so the same model gives the same bytes.
 """
 
 from __future__ import annotations
