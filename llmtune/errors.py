@@ -35,6 +35,10 @@ EXTRAS = {
     "swanlab": ("swanlab", "swanlab"),
     "lm_eval": ("harness", "lm-eval"),
     "deepspeed": (None, "deepspeed"),
+    "gguf": ("gguf", "gguf"),
+    "fastapi": ("serve", "fastapi"),
+    "uvicorn": ("serve", "uvicorn"),
+    "openai": ("serve", "openai"),
 }
 """Optional packages: import name -> (llmtune extra that installs it, its pip name)."""
 

@@ -1,4 +1,4 @@
-"""Commands that run a trained model: `llmtune eval`, `generate`, `chat`, `bon`."""
+"""Commands that run a trained model: `llmtune eval`, `generate`, `chat`, `bon`, `serve`, `predict`."""
 
 from __future__ import annotations
 
@@ -220,9 +220,29 @@ def chat_cmd(
     chat_loop(loaded.model, loaded.tokenizer, options, system=system)
 
 
+def serve_cmd(
+    model: ModelOpt = None,
+    adapter: AdapterOpt = None,
+    port: Annotated[int, typer.Option("--port", metavar="P", min=1, max=65535, help="TCP port.")] = 8000,
+    host: Annotated[
+        str, typer.Option("--host", metavar="ADDR", help="Listen address (0.0.0.0 exposes it to the network).")
+    ] = "127.0.0.1",
+    name: Annotated[
+        Optional[str], typer.Option("--name", metavar="NAME", help="Model name clients ask for (default: dir name).")
+    ] = None,
+    dtype: DtypeOpt = "auto",
+    endpoint: EndpointOpt = None,
+) -> None:
+    """Serve a model, run dir or adapter (merged) as an OpenAI-compatible chat-completions endpoint."""
+    from llmtune.infer.serve import serve
+
+    serve(*model_args(model, adapter), host=host, port=port, name=name, dtype=dtype, endpoint=endpoint)
+
+
 COMMANDS = {
     "bon": bon,
     "eval": eval_cmd,
     "generate": generate_cmd,
     "chat": chat_cmd,
+    "serve": serve_cmd,
 }

@@ -72,12 +72,19 @@ def export_cmd(
     push: Annotated[Optional[str], typer.Option("--push", metavar="REPO", help="Upload to this Hub repo.")] = None,
     private: Annotated[bool, typer.Option("--private", help="Create the pushed repo private.")] = False,
     endpoint: EndpointOpt = None,
+    fmt: Annotated[
+        str, typer.Option("--format", metavar="safetensors|gguf", help="A transformers directory, or one GGUF file.")
+    ] = "safetensors",
+    quant: Annotated[
+        str, typer.Option("--quant", metavar="f16|bf16|f32|q8_0|q5_1|q5_0|q4_1|q4_0", help="GGUF weight type.")
+    ] = "f16",
 ) -> None:
-    """Merge a LoRA/DoRA adapter into its base (a QLoRA base dequantized) and save a standalone model with a card."""
+    """Merge a LoRA/DoRA adapter into its base (a QLoRA base dequantized) and save a standalone model with a card,
+    as safetensors or as a GGUF file for llama.cpp / Ollama."""
     from llmtune.jobs.export import export
 
     export(*model_args(model, adapter), out, max_shard_size=max_shard_size, overwrite=overwrite, dtype=dtype,
-           endpoint=endpoint, eval_json=eval_json, push=push, private=private)  # fmt: skip
+           endpoint=endpoint, eval_json=eval_json, push=push, private=private, fmt=fmt, quant=quant)  # fmt: skip
 
 
 class PlanDevice(str, Enum):

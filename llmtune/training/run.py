@@ -77,6 +77,24 @@ def save_final(trainer: Trainer, out: Path) -> None:
     tmp.rmdir()
 
 
+CAUSAL_STAGES = ("pt", "sft", "dpo")
+
+
+def write_stops(trainer: Trainer, recipe: Recipe, out: Path) -> None:
+    """A causal run's generation_config.json stops at the chat template's end-of-turn token too (so the run, its
+    merged export and its GGUF stop where a turn ends); after sft, warn if greedy answers to a few training prompts
+    do not stop within 32 tokens."""
+    from llmtune.infer.generate import check_stops, set_stop_ids
+    from llmtune.infer.prompts import sample_prompts
+
+    model, tokenizer = trainer.model, trainer.processing_class
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    set_stop_ids(base, tokenizer)
+    base.generation_config.save_pretrained(out)
+    if recipe.stage == "sft":
+        check_stops(model, tokenizer, sample_prompts(recipe), f"the {recipe.stage} run")
+
+
 def _last(history: list[dict], key: str) -> float | None:
     return next((row[key] for row in reversed(history) if key in row), None)
 
@@ -162,6 +180,8 @@ def run(recipe: Recipe, *, resume: bool = False) -> RunResult:
         state.wait_for_everyone()
         output, runtime = _train(trainer, out, checkpoint)
         result = _result(recipe, trainer, output, runtime, logger, state.num_processes)
+        if state.is_main_process and recipe.stage in CAUSAL_STAGES:
+            write_stops(trainer, recipe, out)
         if state.is_main_process:
             summary = {**result.summary(), "versions": library_versions()}
             (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
