@@ -144,6 +144,9 @@ def test_two_machines_on_one_host_train_lora_under_fsdp2_and_save_once(tiny_reci
     run(load_recipe(tiny_recipe(method=lora, name="single", train={**train, "batch_size": 4})))
     single = losses(tmp_path / "single-out")
     assert losses(out) == pytest.approx(single, rel=LOSS_TOLERANCE) and single[-1] < single[0]
-    adapter, reference = weights(out, "adapter_model.safetensors"), weights(tmp_path / "single-out", "adapter_model.safetensors")
+    adapter, reference = (
+        weights(out, "adapter_model.safetensors"),
+        weights(tmp_path / "single-out", "adapter_model.safetensors"),
+    )
     assert adapter.keys() == reference.keys()
     assert max((adapter[k] - reference[k]).abs().max().item() for k in adapter) < WEIGHT_TOLERANCE
