@@ -151,14 +151,15 @@ def _check_static(recipe: Recipe, sharding: Sharding, config: dict[str, Any], pa
 
 
 def _check_hardware(recipe: Recipe, sharding: Sharding, path: str | None) -> None:
-    """What this machine must have: deepspeed installed, CUDA for DeepSpeed and FSDP, enough GPUs."""
+    """What this machine must have: deepspeed installed, CUDA for DeepSpeed, enough GPUs (FSDP2 also runs on CPU
+    processes over gloo, see llmtune.training.sharded)."""
     from llmtune.errors import require_module
     from llmtune.modeling import has_cuda
 
     if sharding.deepspeed:
         require_module("deepspeed", f"train.accelerate_config: {path} (DeepSpeed)")
     cuda = has_cuda()
-    if (sharding.deepspeed or sharding.kind == "fsdp") and not cuda:
+    if sharding.deepspeed and not cuda:
         raise UserError(f"train.accelerate_config: {path} ({sharding.label}) needs CUDA GPUs; on CPU leave it unset")
     if cuda:
         import torch

@@ -72,14 +72,15 @@ def launch_argv(command: str, recipe_args: list[str], recipe: Recipe, options: L
         argv += ["--config_file", str(config_file), *deepspeed_file_args(config_file)]
     else:
         argv += ["--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no"]
-        if not has_cuda():
-            argv += ["--monitor_interval", "0.5"]
+    if not has_cuda():
+        argv += ["--monitor_interval", "0.5"]
     verbosity = {console.QUIET: ["-q"], console.VERBOSE: ["-v"]}.get(console.verbosity(), [])
     return [*argv, "-m", "llmtune", *verbosity, command, *recipe_args]
 
 
 def child_env() -> dict[str, str]:
-    """The launched processes' environment: on a machine without CUDA, CPU processes talking over gloo."""
+    """The launched processes' environment: on a machine without CUDA, CPU processes talking over gloo (with an
+    FSDP config they shard over it, see llmtune.training.sharded)."""
     from llmtune.modeling import has_cuda
 
     env = dict(os.environ)

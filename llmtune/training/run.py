@@ -19,7 +19,7 @@ from llmtune.modeling import check_method, count_parameters
 from llmtune.outdir import apply_umask
 from llmtune.schema import Recipe
 from llmtune.stages.args import common_training_args
-from llmtune.training import checkpoints
+from llmtune.training import checkpoints, sharded
 from llmtune.training.callbacks import line_printer, metrics_logger, progress_printer
 from llmtune.training.rundir import (
     check_output_dir,
@@ -64,7 +64,7 @@ def save_final(trainer: Trainer, out: Path) -> None:
     tmp = out / ".final-tmp"
     if trainer.is_world_process_zero():
         shutil.rmtree(tmp, ignore_errors=True)
-    trainer.save_model(str(tmp))
+    sharded.save_model(trainer, tmp)
     if not trainer.is_world_process_zero():
         return
     (tmp / "training_args.bin").unlink(missing_ok=True)
@@ -159,14 +159,13 @@ def run(recipe: Recipe, *, resume: bool = False) -> RunResult:
     console.info(f"{recipe.stage}: writing the run to {out}", markup=False)
     console.quiet_libraries()
 
-    from accelerate import PartialState
     from transformers import set_seed
 
     from llmtune.stages import get_stage
 
-    state = PartialState()
+    state = sharded.process_state()
     set_seed(recipe.train.seed)
-    trainer = get_stage(recipe.stage).build(recipe, common_training_args(recipe))
+    trainer = get_stage(recipe.stage).build(recipe, sharded.trainer_args(common_training_args(recipe)))
     logger = _attach(trainer, recipe, out, state.num_processes)
     checkpoints.install(trainer, out, recipe.train.save_total_limit)
     state.wait_for_everyone()  # every process has checked the dir before the main one moves old contents aside
