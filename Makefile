@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e '.[test,metrics]'
+	$(BIN)/python -m pip install -q -e '.[test,metrics]' --config-settings editable_mode=compat
 	touch $@
 
 test: install
