@@ -213,7 +213,8 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
 def dump_recipe(recipe: Recipe) -> str:
     """The fully resolved recipe as YAML, defaults included: what `recipe show` prints and runs save.
 
-    Sections that do not apply (the dpo, kto and rl blocks outside their stages, method blocks of other kinds) are left out.
+    Sections that do not apply (the dpo, kto and rl blocks outside their stages, method blocks of other kinds) are
+    left out.
     """
     data = recipe.model_dump(mode="json")
     kind = recipe.method.kind

@@ -262,9 +262,8 @@ class Recipe(Strict):
                     )
         for block, stages in (("dpo", ("dpo",)), ("kto", ("kto",)), ("rl", ("grpo", "rloo"))):
             if block in self.model_fields_set and self.stage not in stages:
-                raise ValueError(
-                    f"the {block} block is set but stage is {self.stage!r}; remove it or use stage: {' or '.join(stages)}"
-                )
+                use = " or ".join(stages)
+                raise ValueError(f"the {block} block is set but stage is {self.stage!r}; remove it or use stage: {use}")
         if self.stage in ("grpo", "rloo"):
             self.rl.check_for_stage(self.stage, self.train.batch_size * self.train.grad_accum)
         return self

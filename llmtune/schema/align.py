@@ -75,7 +75,8 @@ class RewardSpec(Strict):
     """One reward: set exactly one of reward_model, match, regex, length, function."""
 
     reward_model: str | None = None
-    """A scorer: an `llmtune rm` run dir (LoRA scorer or full model), or a sequence-classification model dir or Hub id."""
+    """A scorer: an `llmtune rm` run dir (LoRA scorer or full model), or a sequence-classification model dir or
+    Hub id."""
     match: Literal["exact", "contains"] | None = None
     """1 when the completion equals (exact) or contains the row's reference answer, after normalisation (case,
     spaces, a trailing period); rows without an answer give no reward for it."""
