@@ -47,7 +47,16 @@ def metrics_logger(path: Path) -> Any:
     return MetricsLogger()
 
 
-_SHOWN = ("loss", "eval_loss", "grad_norm", "learning_rate", "mean_token_accuracy", "rewards/accuracies", "reward", "kl")
+_SHOWN = (
+    "loss",
+    "eval_loss",
+    "grad_norm",
+    "learning_rate",
+    "mean_token_accuracy",
+    "rewards/accuracies",
+    "reward",
+    "kl",
+)
 # TRL's online-RL names -> the progress line's: total reward, each reward's mean, completion length, clipped share
 _RENAMED = {"learning_rate": "lr", "completions/mean_length": "len", "completions/clipped_ratio": "clipped"}
 
