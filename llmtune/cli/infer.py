@@ -86,6 +86,9 @@ def eval_cmd(
     show: Annotated[
         int, typer.Option("--show", metavar="N", min=0, help="Print N prompts with the expected and generated answers.")
     ] = 0,
+    reward: Annotated[
+        Optional[str], typer.Option("--reward", metavar="RM", help="Score the generated answers with a reward model.")
+    ] = None,
     dtype: DtypeOpt = "auto",
     endpoint: EndpointOpt = None,
 ) -> None:
@@ -104,7 +107,7 @@ def eval_cmd(
         rows = job.read_eval_file(data, fmt, max_samples, endpoint)
     specs = job.plan_specs(*model_args(model, adapter), list(compare or []), resolved)
     decode = DecodeOptions(max_new_tokens=max_new_tokens)
-    options = job.EvalOptions(batch_size, context, generate, decode, dtype, endpoint)
+    options = job.EvalOptions(batch_size, context, generate, decode, dtype, endpoint, reward)
     results = job.run_eval(specs, rows, options, reference)
     console.stdout().print(job.results_table(results, f"{rows.label} ({len(rows.rows)} {rows.kind} rows)"))
     if show:

@@ -45,6 +45,8 @@ class EvalOptions:
     decode: DecodeOptions = field(default_factory=lambda: DecodeOptions(max_new_tokens=64))
     dtype: str = "auto"
     endpoint: str | None = None
+    reward: str | None = None
+    """A reward model scoring the generated answers (chat data): the `reward` column."""
 
 
 @dataclass
@@ -107,7 +109,9 @@ def _context(loaded: Loaded, wanted: int | None) -> int:
     return wanted or min(limit, MAX_DEFAULT_CONTEXT)
 
 
-def evaluate_loaded(loaded: Loaded, data: EvalData, options: EvalOptions, reference: Loaded | None = None) -> Result:
+def evaluate_loaded(
+    loaded: Loaded, data: EvalData, options: EvalOptions, reference: Loaded | None = None, scorer: Loaded | None = None
+) -> Result:
     """Every metric that fits the data and the model's head."""
     from llmtune.eval import measure as ev
 
@@ -136,7 +140,18 @@ def evaluate_loaded(loaded: Loaded, data: EvalData, options: EvalOptions, refere
     if options.generate and chats:
         found, generations = ev.generation_metrics(model, tok, chats, options.decode, batch_size=max(bs, 16))
         metrics.update(found)
+        if scorer is not None:
+            metrics["reward"] = _mean_reward(scorer, chats, generations)
     return Result(loaded.label, metrics, generations)
+
+
+def _mean_reward(scorer: Loaded, chats: list[Row], generations: list[str]) -> float:
+    """The reward model's mean score of the generated answers, each after its own prompt (as grpo scores them)."""
+    from llmtune.infer.score import score
+
+    answers = [[{"role": "assistant", "content": g}] for g in generations]
+    convs = [row["messages"][:-1] + answer for row, answer in zip(chats, answers, strict=True)]
+    return float(score(scorer.model, scorer.tokenizer, convs).mean())
 
 
 def _free(loaded: Loaded | None) -> None:
@@ -154,18 +169,24 @@ def run_eval(
     specs: list[tuple[str | None, str | None]], data: EvalData, options: EvalOptions, reference: str | None = None
 ) -> list[Result]:
     """Evaluate each (model, adapter) spec in turn, loading one model (plus the reference) at a time."""
+    if options.reward and not (data.kind == "chat" and options.generate):
+        raise UserError("--reward scores generated answers: give chat data (with answers to generate) and --generate")
     ref = load_for_inference(reference, dtype=options.dtype, endpoint=options.endpoint) if reference else None
+    from llmtune.infer.score import load_scorer
+
+    scorer = load_scorer(options.reward, endpoint=options.endpoint) if options.reward else None
     results = []
     try:
         for model, adapter in specs:
             loaded = load_for_inference(model, adapter, dtype=options.dtype, endpoint=options.endpoint)
             console.info(f"evaluating {loaded.label}", markup=False)
             try:
-                results.append(evaluate_loaded(loaded, data, options, ref))
+                results.append(evaluate_loaded(loaded, data, options, ref, scorer))
             finally:
                 _free(loaded)
     finally:
         _free(ref)
+        _free(scorer)
     return results
 
 
