@@ -98,6 +98,14 @@ def test_a_reward_model_scores_completions_and_the_sft_adapter_is_the_reference(
     scorer = load_scorer(rm_dir)
     expected = score(scorer.model, scorer.tokenizer, [prompts[0] + completions[0]])
     assert torch.allclose(torch.tensor(fn(prompts=prompts, completions=completions)), expected, atol=1e-5)
+    # `llmtune eval --reward RM` (make demo's before/after): the reward model's mean score of the generated answers
+    from llmtune.eval import job
+    from llmtune.infer.generate import DecodeOptions
+
+    data = job.read_eval_file(str(tiny_data_dir / "eval_messages.jsonl"), None, 4, None)
+    options = job.EvalOptions(decode=DecodeOptions(max_new_tokens=8), reward=rm_dir)
+    (found,) = job.run_eval([(None, result.output_dir)], data, options)
+    assert math.isfinite(found.metrics["reward"]) and "exact_match" in found.metrics
 
 
 def test_rloo_on_qlora_runs_with_the_adapter_off_base_as_reference(tiny_recipe, tiny_data_dir) -> None:
