@@ -126,3 +126,12 @@ def test_summary_marks_misses() -> None:
     ]}, {"bench": "y", "rows": [], "error": "exit 1"}]  # fmt: skip
     text = summary(results)
     assert "MISS" in text and "1.200" in text and "FAILED" in text
+
+
+def test_the_trl_grpo_baseline_rewards_as_llmtune_does() -> None:
+    """bench/grpo_overhead.py compares like with like: the plain script's reward is llmtune's `length: [0, 20]`."""
+    from bench.trl_grpo import length_band
+    from llmtune.stages.rewards import length_reward
+
+    completions = [[{"role": "assistant", "content": "x" * n}] for n in (0, 5, 20, 21, 30, 40, 60)]
+    assert length_band(completions) == length_reward((0, 20))(completions=completions)
