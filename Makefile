@@ -1,5 +1,6 @@
 # One entry point for setting up, testing, the demo and the benchmarks.
-# Everything is installed into .venv by `make install` (a dependency of every target), on a fresh machine too.
+# Everything is installed into .venv by `make install` (a dependency of every target), on a fresh machine too;
+# `make test` also builds .venv-mirror (the Hub-mirror server the download tests run).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -42,7 +43,7 @@ bench: install
 # the runs.
 DEMO_SET := --set output.overwrite=true
 demo: install
-	test -d data/builtin || $(BIN)/llmtune synth-data data/builtin
+	test -f data/builtin/eval_mc.jsonl || $(BIN)/llmtune synth-data data/builtin --overwrite
 	test -d runs/demo/base || $(BIN)/llmtune init-model runs/demo/base --preset tiny
 	$(BIN)/llmtune pt --recipe recipes/demo/pt.yaml $(DEMO_SET)
 	$(BIN)/llmtune sft --recipe recipes/demo/sft-lora.yaml $(DEMO_SET)
@@ -59,6 +60,10 @@ demo: install
 	$(BIN)/llmtune eval --model runs/demo/dpo --reference runs/demo/sft --data data/builtin/eval_preference.jsonl \
 		--no-generate
 	$(BIN)/llmtune eval --model runs/demo/rm --data data/builtin/eval_preference.jsonl
+	@echo "== an exam (MMLU prompt and scoring, 5-shot per subject): base vs SFT =="
+	$(BIN)/llmtune eval --model runs/demo/pt --compare runs/demo/sft --data data/builtin/eval_mc.jsonl \
+		--shots 5 --dev data/builtin/dev_mc.jsonl
+	$(BIN)/llmtune report runs/demo/pt runs/demo/sft runs/demo/dpo runs/demo/rm --out runs/demo/report.html
 	$(BIN)/llmtune grpo --recipe recipes/demo/grpo.yaml $(DEMO_SET)
 	@echo "== after SFT vs after GRPO (reward: the demo reward model + exact match), on held-out prompts =="
 	$(BIN)/llmtune eval --model runs/demo/sft --compare runs/demo/grpo --data data/builtin/eval_messages.jsonl \
@@ -72,8 +77,9 @@ clean:
 MIRROR_VENV ?= .venv-mirror
 OLAH        ?= olah==0.5.4
 
+# Only the tests need it: `make test` builds it, `make demo` and the rest do not.
 .PHONY: mirror-env
-install: $(MIRROR_VENV)/.installed
+test: $(MIRROR_VENV)/.installed
 mirror-env: $(MIRROR_VENV)/.installed
 
 $(MIRROR_VENV)/.installed: Makefile

@@ -23,6 +23,9 @@ def set_verbosity(level: int) -> None:
     global _level
     _level = level
     logging.basicConfig(level=logging.DEBUG if level >= VERBOSE else logging.WARNING, format="%(name)s: %(message)s")
+    # huggingface_hub puts a stderr handler of its own on its logger when imported (transformers does too, but stops
+    # propagation); without this each of its warnings (a retry, say) would print twice, once through each handler.
+    logging.getLogger("huggingface_hub").propagate = False
     if not live_progress():
         for name in ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS"):
             os.environ.setdefault(name, "1")

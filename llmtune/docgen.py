@@ -72,8 +72,26 @@ def render(model: type[BaseModel] = Recipe, prefix: str = "") -> list[str]:
     return lines
 
 
+CLEAN_INTRO = """
+# Clean recipes
+
+`llmtune clean FILE... --out DIR --recipe clean.yaml` reads a separate file whose settings sit under `clean:`
+(flags such as `--lang en,zh` and `--set clean.near.threshold=0.7` override it). A null setting takes the
+default of the row kind; see [data.md](data.md#cleaning).
+
+"""
+
+
 def main() -> None:
-    print(INTRO + "\n".join(render()), end="")
+    from llmtune.data.clean.spec import CleanRecipe
+
+    print(
+        INTRO
+        + "\n".join(render())
+        + CLEAN_INTRO
+        + "\n".join(render(CleanRecipe, "")).replace("## `top level`", "## clean file: top level", 1),
+        end="",
+    )
 
 
 if __name__ == "__main__":

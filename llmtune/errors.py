@@ -29,7 +29,16 @@ def not_utf8(label: str, data: bytes, fix: str) -> UserError:
 EXTRAS = {
     "rouge_score": ("metrics", "rouge-score"),
     "tensorboard": ("tensorboard", "tensorboard"),
+    "wandb": ("wandb", "wandb"),
+    "mlflow": ("mlflow", "mlflow-skinny"),
+    "trackio": ("trackio", "trackio"),
+    "swanlab": ("swanlab", "swanlab"),
+    "lm_eval": ("harness", "lm-eval"),
     "deepspeed": (None, "deepspeed"),
+    "gguf": ("gguf", "gguf"),
+    "fastapi": ("serve", "fastapi"),
+    "uvicorn": ("serve", "uvicorn"),
+    "openai": ("serve", "openai"),
 }
 """Optional packages: import name -> (llmtune extra that installs it, its pip name)."""
 

@@ -9,7 +9,7 @@ import copy
 import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -18,6 +18,35 @@ from llmtune.errors import UserError, not_utf8
 from llmtune.schema import Recipe, nested_model
 
 Position = tuple[str, int]  # (file, 1-based line)
+M = TypeVar("M", bound=BaseModel)
+
+SHIPPED_DIR = Path(__file__).resolve().parent / "recipes"
+"""The recipes (and accelerate configs) shipped inside the package; `./recipes` in a checkout links here."""
+
+
+def find_recipe(ref: str | Path, base: Path | None = None) -> Path:
+    """A recipe given as a path (relative to `base`, else the cwd) or as a shipped recipe's name.
+
+    A name is relative to the shipped folder, `.yaml` optional, and may keep a leading `recipes/`
+    (`qwen2.5-0.5b/sft-lora`, `recipes/demo/pt.yaml`), so the docs' commands work outside a checkout too.
+    A local file wins; when neither exists the local path is returned, for the caller's "not found".
+    """
+    local = base / ref if base is not None else Path(ref)
+    if local.is_file():
+        return local
+    return shipped_file(str(ref), ".yaml") or local
+
+
+def shipped_file(ref: str, suffix: str) -> Path | None:
+    """The shipped file `ref` names (with or without `suffix` and a leading `recipes/`), or None."""
+    name = ref.replace("\\", "/").removeprefix("./").removeprefix("recipes/")
+    if name.startswith(("/", "~", "..")):
+        return None
+    for candidate in (name, name + suffix):
+        path = SHIPPED_DIR / candidate
+        if path.is_file():
+            return path
+    return None
 
 
 @dataclass
@@ -53,7 +82,9 @@ def _read_yaml(path: Path) -> _Loaded:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise UserError(f"{path}: recipe file not found") from None
+        raise UserError(
+            f"{path}: recipe file not found, nor a shipped recipe of that name (`llmtune recipe list` shows them)"
+        ) from None
     except UnicodeDecodeError:
         raise not_utf8(str(path), path.read_bytes(), "save the recipe as UTF-8") from None
     except OSError as exc:
@@ -99,11 +130,17 @@ def _resolve(path: Path, chain: tuple[Path, ...]) -> _Loaded:
         return loaded
     if not isinstance(parent_ref, str):
         line = loaded.positions.get(("extends",), (str(path), 0))[1]
-        raise UserError(f"{path}:{line}: `extends` must be a path to another recipe, relative to this file")
-    parent_path = path.parent / parent_ref
+        raise UserError(
+            f"{path}:{line}: `extends` must be a path to another recipe (relative to this file) "
+            "or a shipped recipe's name"
+        )
+    parent_path = find_recipe(parent_ref, path.parent)
     if not parent_path.is_file():
         line = loaded.positions.get(("extends",), (str(path), 0))[1]
-        raise UserError(f"{path}:{line}: `extends: {parent_ref}` not found (looked for {parent_path})")
+        raise UserError(
+            f"{path}:{line}: `extends: {parent_ref}` not found (looked for {parent_path}, and for a shipped recipe "
+            "of that name: `llmtune recipe list` shows them)"
+        )
     parent = _resolve(parent_path, (*chain, path))
     return _Loaded(deep_merge(parent.data, loaded.data), {**parent.positions, **loaded.positions})
 
@@ -152,9 +189,9 @@ def _step(node: Any, part: str, walked: list[str], key: str) -> Any:
     return node[part]
 
 
-def _field_names(loc: tuple[Any, ...]) -> list[str]:
+def _field_names(loc: tuple[Any, ...], root: type[BaseModel] = Recipe) -> list[str]:
     """The keys allowed at `loc` in the schema, for "did you mean" suggestions."""
-    model: Any = Recipe
+    model: Any = root
     for part in loc:
         if isinstance(part, int) or not (isinstance(model, type) and issubclass(model, BaseModel)):
             continue
@@ -167,7 +204,7 @@ def _field_names(loc: tuple[Any, ...]) -> list[str]:
     return []
 
 
-def _describe(error: dict[str, Any], positions: dict, origin: str) -> str:
+def _describe(error: dict[str, Any], positions: dict, origin: str, root: type[BaseModel] = Recipe) -> str:
     loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and p.startswith(("function-", "literal["))))
     dotted = ".".join(str(p) for p in loc) or "(top level)"
     key = tuple(str(p) for p in loc)
@@ -180,7 +217,7 @@ def _describe(error: dict[str, Any], positions: dict, origin: str) -> str:
     prefix = (f"{where[0]}:{where[1]}" if where[1] else where[0]) if where else origin
     kind = error["type"]
     if kind == "extra_forbidden":
-        allowed = _field_names(loc[:-1])
+        allowed = _field_names(loc[:-1], root)
         close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
         return f"{prefix}: unknown key {dotted!r}; {hint}allowed here: {', '.join(allowed)}"
@@ -194,7 +231,18 @@ def _describe(error: dict[str, Any], positions: dict, origin: str) -> str:
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Read, merge, override and validate a recipe; raise UserError with every problem found."""
+    """Read, merge, override and validate a recipe (a path or a shipped recipe's name); raise UserError with every
+    problem found."""
+    return load_validated(find_recipe(path), overrides, Recipe)
+
+
+def load_validated(path: str | Path | None, overrides: list[str] | None, root: type[M]) -> M:
+    """A YAML file (or nothing) with `extends:` and --set applied, validated as `root`; errors name file and line."""
+    if path is None:
+        loaded = _Loaded({})
+        for assignment in overrides or []:
+            loaded.positions[apply_override(loaded.data, assignment)] = (f"--set {assignment}", 0)
+        return _validate(loaded, root, "--set")
     path = Path(path)
     loaded = _resolve(path, ())
     data = loaded.data
@@ -202,10 +250,14 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         keys = apply_override(data, assignment)
         loaded.positions = {k: v for k, v in loaded.positions.items() if k[: len(keys)] != keys}
         loaded.positions[keys] = (f"--set {assignment}", 0)
+    return _validate(loaded, root, str(path))
+
+
+def _validate(loaded: _Loaded, root: type[M], origin: str) -> M:
     try:
-        return Recipe.model_validate(data)
+        return root.model_validate(loaded.data)
     except ValidationError as exc:
-        problems = [_describe(e, loaded.positions, str(path)) for e in exc.errors()]
+        problems = [_describe(e, loaded.positions, origin, root) for e in exc.errors()]
         head = "invalid recipe" if len(problems) == 1 else f"invalid recipe ({len(problems)} problems)"
         raise UserError(f"{head}: " + "; ".join(problems)) from None
 

@@ -1,6 +1,7 @@
 """Measure the peak tensor memory of real `llmtune.training.run.run` calls on CPU (a script run by test_plan.py).
 
 usage: python tests/memprobe.py OUT.json RECIPE.yaml [RECIPE.yaml ...]
+       accelerate launch ... tests/memprobe.py OUT.json RECIPE.yaml   (each process writes OUT.json.rank<R>)
 
 A TorchDispatchMode sees every tensor an aten op creates (forward, backward, optimizer, data collation); each new
 storage is counted until it is freed (a weakref finalizer), so `peak` is the most tensor bytes alive at once while
@@ -30,6 +31,7 @@ class LiveTensorBytes(TorchDispatchMode):
         self.peak = 0
 
     def add(self, tensor: torch.Tensor) -> None:
+        tensor = getattr(tensor, "_local_tensor", tensor)  # a DTensor (FSDP2): this process's shard
         storage = tensor.untyped_storage()
         key, size = storage.data_ptr(), storage.nbytes()
         if size == 0 or key in self.live or tensor.device.type != "cpu":
@@ -78,7 +80,10 @@ def measure(recipe_path: str) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(2)
+    import os
+
+    torch.set_num_threads(2 if "RANK" not in os.environ else 1)
     results = {path: measure(path) for path in sys.argv[2:]}
-    with open(sys.argv[1], "w", encoding="utf-8") as handle:
+    out = sys.argv[1] + (f".rank{os.environ['RANK']}" if "RANK" in os.environ else "")
+    with open(out, "w", encoding="utf-8") as handle:
         json.dump(results, handle, indent=2)

@@ -7,7 +7,10 @@ import sys
 
 import pytest
 
-HEAVY = ("torch", "transformers", "trl", "datasets", "peft", "accelerate", "bitsandbytes", "huggingface_hub")
+HEAVY = (
+    "torch", "transformers", "trl", "datasets", "peft", "accelerate", "bitsandbytes", "huggingface_hub",
+    "matplotlib", "lm_eval", "mlflow",
+)  # fmt: skip
 
 PROBE = """
 import sys

@@ -86,7 +86,8 @@ def test_dpo_lora_raises_heldout_margin_with_one_copy_of_the_base(
     with model.disable_adapter():
         before = preference_metrics(model, trainer.processing_class, held_out)
     after = preference_metrics(model, trainer.processing_class, held_out)
-    assert margin(after) > margin(before) + 0.2, (before, after)  # measured: -0.50 -> -0.12 nats
+    # held-out margin gain over train.seed 0-19: 0.22 / 0.39 / 0.55 (min / mean / max); accuracy rose on all 20
+    assert margin(after) > margin(before) + 0.15, (before, after)
     assert after["logp_accuracy"] > before["logp_accuracy"], (before, after)
     logged = [row for row in trainer.state.log_history if "rewards/margins" in row]
     assert logged and {"rewards/chosen", "rewards/rejected", "rewards/accuracies"} <= set(logged[-1])

@@ -341,3 +341,33 @@ def test_a_saved_dataset_dict_is_read_by_split(tmp_path: Path) -> None:
     datasets.DatasetDict({k: datasets.Dataset.from_list(v) for k, v in splits.items()}).save_to_disk(str(path))
     rows = read_rows([DataSource(path=str(path), split="validation")], kind="text").train
     assert [(r["text"], r["origin"]) for r in rows] == [("v", f"{path}: row 1")]
+
+
+WRONG_FORMATS = [  # (file, the format: set by mistake, the format its columns say, the stage's kind of rows)
+    ("sft_alpaca.jsonl", "messages", "alpaca", "chat"),
+    ("sft_alpaca.jsonl", "sharegpt", "alpaca", "chat"),
+    ("sft_messages.jsonl", "alpaca", "messages", "chat"),
+    ("sft_sharegpt.jsonl", "messages", "sharegpt", "chat"),
+    ("text.jsonl", "alpaca", "text", "chat"),
+    ("preference.jsonl", "ranked", "preference", "preference"),
+    ("ranked.jsonl", "preference", "ranked", "preference"),
+    ("preference.jsonl", "messages", "preference", "chat"),
+]
+
+
+@pytest.mark.parametrize(("name", "wrong", "right", "kind"), WRONG_FORMATS)
+def test_a_wrong_format_names_the_one_the_columns_match(tiny_data_dir: Path, name, wrong, right, kind) -> None:
+    source = DataSource(path=str(tiny_data_dir / name), format=wrong)
+    with pytest.raises(UserError) as caught:
+        read_rows([source], kind=kind)
+    message = str(caught.value)
+    assert f"look like {right}, not {wrong}; set format: {right} on this source" in message
+    assert "bad_rows" not in message, "skipping rows cannot fix a wrong format"
+    with pytest.raises(UserError) as skipped:  # skipping them all ends in the same advice
+        read_rows([source], kind=kind, bad_rows="skip")
+    assert "none of its 32 rows is valid; these columns" in str(skipped.value)
+    assert f"set format: {right} on this source" in str(skipped.value)
+    if right == "preference" and kind == "chat":
+        assert "preference rows are preference: this stage trains on chat rows" in message
+    fixed = read_rows([DataSource(path=source.path, format=right)], kind=_kind(right))
+    assert len(fixed.train) >= 32

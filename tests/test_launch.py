@@ -160,7 +160,6 @@ def test_machine_checks_name_what_is_missing(tiny_recipe) -> None:
     with pytest.raises(UserError, match="pip install deepspeed"):
         check_launch(recipe)
     fsdp = load_recipe(tiny_recipe(), [f"train.accelerate_config={CONFIGS / 'fsdp2.yaml'}", "train.nproc=2"])
-    with pytest.raises(UserError, match="needs CUDA GPUs"):
-        check_launch(fsdp)
+    check_launch(fsdp)  # FSDP2 runs on CPU processes too (tests/test_fsdp.py)
     with pytest.raises(UserError, match="--main-process-ip"):
         check_launch(load_recipe(tiny_recipe()), num_machines=2)

@@ -19,7 +19,7 @@ PACKAGE = ROOT / "llmtune"
 # Lowest first. A module may import from its own layer or any below it, never from a layer above.
 LAYERS: list[tuple[str, ...]] = [
     ("llmtune", "llmtune.errors", "llmtune.console", "llmtune.schema", "llmtune.recipe", "llmtune.outdir"),
-    ("llmtune.hub",),
+    ("llmtune.hub", "llmtune.report"),
     ("llmtune.data", "llmtune.tokenizers"),
     ("llmtune.modeling",),
     ("llmtune.infer",),

@@ -2,6 +2,15 @@
 
 Each run fits 8 fixed examples and evaluates on them before and after training, so "the loss falls" is measured
 on the same batch, free of sampling noise. Outputs are reloaded and must give the in-memory model's logits.
+
+A run is deterministic (tests/test_determinism.py), so each test always sees the same numbers; the margins below
+hold with room over train.seed 0-19 (which also changes the 8 examples, the init and the order), measured as the
+eval-loss fall after 8 steps: min / mean / max (seed 0).
+  lora r8, lr 5e-3      0.43 / 0.51 / 0.64 (0.46)   margin 0.3   (at lr 1e-2 the fall ranged -0.07..0.82)
+  rslora + dora r4      0.44 / 0.57 / 0.73 (0.45)   margin 0.3
+  full, lr 3e-3         2.05 / 2.20 / 2.33 (2.11)   margin 1.5
+  freeze, last layer    3.40 / 3.66 / 3.89 (3.42)   margin 2.5
+  qlora, 16 steps       0.39 / 0.61 / 0.75 (0.58)   margin 0.3   (at 8 steps it ranged 0.07..0.66)
 """
 
 from __future__ import annotations
@@ -71,7 +80,7 @@ def test_lora_starts_at_the_base_model_with_alpha_over_r_scaling(tiny_recipe) ->
 def test_lora_trains_only_adapters_and_the_saved_adapter_reloads(tiny_recipe, tiny_data_dir, tiny_model_dir) -> None:
     from peft import PeftModel
 
-    result = fit(tiny_recipe, tiny_data_dir, "lora", method={"lora": {"r": 8, "alpha": 16}})
+    result = fit(tiny_recipe, tiny_data_dir, "lora", method={"lora": {"r": 8, "alpha": 16}}, train={"lr": 5.0e-3})
     assert_loss_fell(result, by=0.3)
     model = result.trainer.model
     base = base_weights(tiny_model_dir)
@@ -110,7 +119,7 @@ def test_full_trains_every_weight_and_the_saved_model_reloads(tiny_recipe, tiny_
     from transformers import AutoModelForCausalLM
 
     result = fit(tiny_recipe, tiny_data_dir, "full", train={"lr": 3.0e-3})
-    assert_loss_fell(result, by=1.0)
+    assert_loss_fell(result, by=1.5)
     assert result.trainable_params == result.total_params
     base = base_weights(tiny_model_dir)
     model = result.trainer.model
@@ -125,7 +134,7 @@ def test_full_trains_every_weight_and_the_saved_model_reloads(tiny_recipe, tiny_
 def test_freeze_trains_the_last_layers_only(tiny_recipe, tiny_data_dir, tiny_model_dir) -> None:
     method = {"freeze": {"trainable_layers": 1, "trainable_modules": ["lm_head"]}}
     result = fit(tiny_recipe, tiny_data_dir, "freeze", method=method)
-    assert_loss_fell(result, by=1.0)
+    assert_loss_fell(result, by=2.5)
     base = base_weights(tiny_model_dir)
     trained = {name: p.detach().cpu() for name, p in result.trainer.model.named_parameters()}
     for name, value in trained.items():
@@ -141,7 +150,7 @@ def test_qlora_trains_on_a_4bit_nf4_base(tiny_recipe, tiny_data_dir, capsys) -> 
     from bitsandbytes.nn import Linear4bit
     from peft import PeftModel
 
-    result = fit(tiny_recipe, tiny_data_dir, "qlora")
+    result = fit(tiny_recipe, tiny_data_dir, "qlora", train={"max_steps": 16})
     assert_loss_fell(result, by=0.3)
     model = result.trainer.model
     linears = [m.base_layer for n, m in model.named_modules() if n.endswith(("q_proj", "down_proj"))]

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 import yaml
+from safetensors.torch import load_file
 
 from llmtune.errors import UserError
+from llmtune.hub import looks_like_path
+from llmtune.jobs.init_model import llama_param_count
 from llmtune.plan.inspect import inspect_model, load_model_config
 from llmtune.plan.memory import (
     FUSED_TOKENS_PER_TILE,
@@ -24,7 +30,10 @@ from llmtune.plan.memory import (
     resolve_setup,
 )
 from llmtune.plan.report import make_plan
+from llmtune.plan.source import shipped_config
 from llmtune.recipe import load_recipe
+
+RECIPES = Path(__file__).parents[1] / "llmtune" / "recipes"
 
 LLAMA_31_8B = {
     "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 128256, "hidden_size": 4096,
@@ -225,3 +234,155 @@ def test_parse_memory_and_errors(tmp_path: Path, config_only_8b: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "llmtune", "plan", "--recipe", str(missing)],
                             capture_output=True, text=True, timeout=120)  # fmt: skip
     assert result.returncode == 2 and "does not exist" in result.stderr
+
+
+SHIPPED_RECIPES = sorted(
+    p.relative_to(RECIPES).with_suffix("").as_posix()
+    for p in RECIPES.rglob("*.yaml")
+    if p.relative_to(RECIPES).parts[0] != "accelerate"
+)
+
+
+def qwen2_param_count(c: dict) -> int:
+    """Closed form for a Qwen2 decoder: embeddings (tied head), per layer q/k/v with bias, o, SwiGLU, 2 norms."""
+    h, kv = c["hidden_size"], c["num_key_value_heads"] * c["hidden_size"] // c["num_attention_heads"]
+    layer = (h * h + h) + 2 * (h * kv + kv) + h * h + 3 * h * c["intermediate_size"] + 2 * h
+    return c["vocab_size"] * h * (1 if c["tie_word_embeddings"] else 2) + c["num_hidden_layers"] * layer + h
+
+
+def offline_env(tmp_path: Path) -> dict[str, str]:
+    """Nothing cached (an empty HF_HOME) and no network: what a fresh install on a plane sees."""
+    home = tmp_path / "hf-home"
+    home.mkdir(exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    return {**env, "HF_HOME": str(home), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+def test_every_shipped_recipe_model_has_a_shipped_config() -> None:
+    for name in SHIPPED_RECIPES:
+        model = load_recipe(name).model.name_or_path
+        assert looks_like_path(model) or model.startswith("runs/") or shipped_config(model), (name, model)
+    assert shipped_config("Qwen/Qwen2.5-0.5B-Instruct") and shipped_config("meta-llama/Llama-3.1-8B-Instruct")
+
+
+PLAN_EVERY_RECIPE = """
+import json, sys
+from llmtune.plan.report import make_plan
+from llmtune.recipe import load_recipe
+
+out = {}
+for name in sys.argv[1:]:
+    recipe = load_recipe(name)
+    plan = make_plan(recipe, "gpu" if recipe.method.kind == "qlora" else "cpu")
+    out[name] = [plan.facts.total_params, plan.config_origin]
+print(json.dumps(out))
+"""
+
+
+def expected_count(name: str, tiny_model_dir: Path) -> tuple[int, str]:
+    """(the closed-form parameter count of the recipe's model, where its config.json should come from)."""
+    recipe = load_recipe(name)
+    shipped = shipped_config(recipe.model.name_or_path)
+    if shipped is None:  # a demo recipe: runs/demo/... is the tiny model here
+        weights = load_file(tiny_model_dir / "model.safetensors")
+        count = sum(t.numel() for t in weights.values())
+        if recipe.stage == "rm":  # a score head (hidden x 1) in place of the LM head
+            count += weights["lm_head.weight"].shape[1] - weights["lm_head.weight"].numel()
+        return count, "(local directory)"
+    config = json.loads(shipped.read_text())
+    if config["model_type"] == "qwen2":
+        count = qwen2_param_count(config)
+        assert count == 494_032_768
+    else:
+        count = llama_param_count(SimpleNamespace(**config))
+        assert count == 8_030_261_248
+    return count, f"{shipped} (copy shipped with llmtune)"
+
+
+def test_shipped_recipes_plan_offline(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """`plan` on every shipped recipe with nothing cached and HF_HUB_OFFLINE=1: the Hub ones read the shipped
+    config.json, the demo ones (runs/demo/...) a local directory, here the tiny model put where the demo writes it.
+    One process plans them all (a process per recipe would spend minutes importing torch); the CLI runs once."""
+    for run in ("base", "pt", "sft"):
+        (tmp_path / "runs" / "demo" / run).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "runs" / "demo" / run).symlink_to(tiny_model_dir)
+    env = offline_env(tmp_path)
+    result = subprocess.run([sys.executable, "-c", PLAN_EVERY_RECIPE, *SHIPPED_RECIPES], capture_output=True,
+                            text=True, timeout=600, cwd=tmp_path, env=env)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "Retry" not in result.stderr and "retry" not in result.stderr
+    planned = json.loads(result.stdout.splitlines()[-1])
+    assert sorted(planned) == SHIPPED_RECIPES and len(SHIPPED_RECIPES) >= 11
+    for name, (total, origin) in planned.items():
+        count, source = expected_count(name, tiny_model_dir)
+        assert total == count and origin.endswith(source), (name, total, origin)
+    started = time.monotonic()
+    cli = subprocess.run([sys.executable, "-m", "llmtune", "plan", "--recipe", "llama3.1-8b/sft-qlora"],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)  # fmt: skip
+    assert cli.returncode == 0 and cli.stderr == "", cli.stderr
+    assert "8,030,261,248 exact" in cli.stdout and "(copy shipped with llmtune)" in cli.stdout
+    assert "qlora: trainable 41,943,040 / 8,072,204,288 (0.5%)" in cli.stdout
+    assert time.monotonic() - started < 120
+
+
+def test_config_option_overrides_where_config_json_comes_from(tmp_path: Path, config_only_8b: Path) -> None:
+    path = write_recipe(tmp_path / "r.yaml", tmp_path / "nowhere")  # the recipe's own model does not exist
+    config = config_only_8b / "config.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "llmtune", "plan", "--recipe", str(path), "--config", str(config)],
+        capture_output=True, text=True, timeout=300, env=offline_env(tmp_path),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "8,030,261,248 exact" in result.stdout and "(--config)" in result.stdout
+    # --config wins over the shipped copy too (the Qwen recipe planned with Llama's shapes)
+    plan = make_plan(load_recipe("qwen2.5-0.5b/sft-lora"), config_file=config)
+    assert plan.facts.total_params == 8_030_261_248 and "(--config)" in plan.config_origin
+    with pytest.raises(UserError, match="--config"):
+        make_plan(load_recipe("qwen2.5-0.5b/sft-lora"), config_file=tmp_path / "missing.json")
+
+
+def test_trainable_share_matches_what_sft_reports(tiny_recipe, tmp_path: Path) -> None:
+    """One definition: trainable / all parameters of the model as trained (base + adapters + saved copies)."""
+    from llmtune.modeling import describe_parameters
+    from llmtune.training.run import run
+
+    method = {"kind": "lora", "lora": {"r": 4, "alpha": 8, "modules_to_save": ["lm_head"]}}
+    path = tiny_recipe(method=method, train={"max_steps": 1})
+    run(load_recipe(path))
+    summary = json.loads((tmp_path / "recipe-out" / "summary.json").read_text())
+    plan = make_plan(load_recipe(path), device="cpu")
+    assert plan.facts.trainable("lora") == summary["trainable_params"]
+    assert plan.facts.trained_total("lora") == summary["total_params"]
+    result = subprocess.run([sys.executable, "-m", "llmtune", "plan", "--recipe", str(path), "--device", "cpu"],
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert describe_parameters(summary["trainable_params"], summary["total_params"]) in result.stdout
+
+
+def test_unreachable_hub_fails_fast_with_advice(tmp_path: Path) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({
+        "stage": "sft", "model": {"name_or_path": "nobody/not-shipped"}, "method": {"kind": "lora"},
+        "data": {"train": [{"path": "unused.jsonl"}]}, "output": {"dir": str(tmp_path / "out")},
+    }))  # fmt: skip
+    env = offline_env(tmp_path)
+    for offline in ("1", ""):  # offline, then "online" against an endpoint that refuses every connection
+        env = {**env, "HF_HUB_OFFLINE": offline, "HF_ENDPOINT": "http://127.0.0.1:9"}
+        started = time.monotonic()
+        result = subprocess.run([sys.executable, "-m", "llmtune", "plan", "--recipe", str(path)],
+                                capture_output=True, text=True, timeout=60, env=env)  # fmt: skip
+        assert time.monotonic() - started < 10
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        for hint in ("model.name_or_path: /path/to/dir", "--config FILE", "llmtune download nobody/not-shipped"):
+            assert hint in result.stderr, (hint, result.stderr)
+        assert result.stderr.count("retry 1/1") == (0 if offline else 1)
+
+
+def test_huggingface_hub_warnings_print_once() -> None:
+    code = (
+        "from llmtune import console; console.set_verbosity(console.NORMAL)\n"
+        "from huggingface_hub.utils import logging\n"
+        "logging.get_logger('huggingface_hub.utils._http').warning('Retrying in 1s [Retry 1/5].')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.stderr.count("Retrying in 1s") == 1, result.stderr

@@ -133,13 +133,16 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 
 def test_cli_validate_show_and_list(tmp_path: Path) -> None:
     path = write(tmp_path, "r.yaml", BASE)
-    ok = run_cli("recipe", "validate", str(path))
+    write(tmp_path, "data/train.jsonl", "{}\n")  # BASE's data file, relative to the working directory
+    ok = run_cli("recipe", "validate", str(path), cwd=tmp_path)
     assert ok.returncode == 0 and "ok (sft, lora" in ok.stdout
+    assert "model.name_or_path: some/model is a Hub id, not fetched" in ok.stdout
     shown = run_cli("recipe", "show", str(path), "--set", "train.lr=3e-4")
     assert shown.returncode == 0 and yaml.safe_load(shown.stdout)["train"]["lr"] == 3e-4
-    listed = run_cli("recipe", "list", cwd=ROOT)
+    listed = run_cli("recipe", "list", cwd=tmp_path)
     assert listed.returncode == 0
-    assert all(str(p.relative_to(ROOT)) in listed.stdout for p in SHIPPED)
+    names = {line.split()[0] for line in listed.stdout.splitlines()}
+    assert names == {p.relative_to(ROOT / "recipes").with_suffix("").as_posix() for p in SHIPPED}
 
 
 def test_cli_bad_recipe_exits_2_with_one_message_and_no_traceback(tmp_path: Path) -> None:
@@ -150,3 +153,36 @@ def test_cli_bad_recipe_exits_2_with_one_message_and_no_traceback(tmp_path: Path
     assert "train.lr" in result.stderr and f"{path}:6" in result.stderr
     missing = run_cli("recipe", "validate", str(tmp_path / "nope.yaml"))
     assert missing.returncode == 2 and "recipe file not found" in missing.stderr
+
+
+def test_validate_names_each_missing_local_path_and_reports_hub_ids(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cli_runner import run_main
+
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path, "data/train.jsonl", "{}\n")
+    (tmp_path / "model").mkdir()
+    dpo = BASE.replace("stage: sft", "stage: dpo").replace("format: messages", "format: preference")
+    good = write(tmp_path, "dpo.yaml", dpo + "dpo: {reference: org/ref-model}\n")
+    code, out, err = run_main(capsys, "recipe", "validate", str(good), "--set", "model.adapter=model")
+    assert code == 0, err
+    assert "some/model is a Hub id" in out and "dpo.reference: org/ref-model is a Hub id" in out
+
+    cases = {
+        "data.train.0.path=data/nope.jsonl": "data.train[0].path: data/nope.jsonl does not exist",
+        "data.eval=[{path: held/out/eval.jsonl}]": "data.eval[0].path: held/out/eval.jsonl does not exist",
+        "model.name_or_path=./missing-model": "model.name_or_path: ./missing-model does not exist",
+        "model.adapter=runs/sft/adapter": "model.adapter: runs/sft/adapter does not exist (an earlier run's",
+        "model.chat_template=templates/mine.jinja": "model.chat_template: templates/mine.jinja does not exist",
+        "dpo.reference=/no/such/ref": "dpo.reference: /no/such/ref does not exist",
+        "data.train.0.path=data/builtin/sft_messages.jsonl": "`llmtune synth-data data/builtin` writes",
+    }
+    for assignment, message in cases.items():
+        code, out, err = run_main(capsys, "recipe", "validate", str(good), "--set", assignment)
+        assert code == 2 and message in err and err.count("error:") == 1, (assignment, err)
+        assert "ok" not in out
+
+    write(tmp_path, "two.yaml", BASE.replace("data/train.jsonl", "data/a.jsonl"))
+    code, _, err = run_main(capsys, "recipe", "validate", "two.yaml", "--set", "model.adapter=./x")
+    assert code == 2 and "model.adapter: ./x does not exist" in err and "data.train[0].path: data/a.jsonl" in err

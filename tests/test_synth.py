@@ -34,6 +34,8 @@ KEYS = {
     "eval_alpaca.jsonl": {"instruction", "input", "output"},
     "eval_preference.jsonl": {"prompt", "chosen", "rejected"},
     "eval_text.jsonl": {"text"},
+    "eval_mc.jsonl": {"question", "subject", "choices", "answer"},
+    "dev_mc.jsonl": {"question", "subject", "choices", "answer"},
 }
 
 
@@ -62,7 +64,7 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path: Path, data_dir: Path)
 def test_every_file_parses_with_documented_keys(data_dir: Path) -> None:
     for name, keys in KEYS.items():
         rows = read_rows(data_dir / name)
-        assert len(rows) == (N_EVAL if name.startswith("eval_") else N_TRAIN), name
+        assert len(rows) == (N_EVAL if name.startswith("eval_") else 15 if name == "dev_mc.jsonl" else N_TRAIN), name
         for row in rows:
             assert keys <= set(row), (name, row)
             assert set(row) - keys <= {"system", "history"}, (name, row)

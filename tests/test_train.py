@@ -54,7 +54,8 @@ def test_a_run_writes_recipe_metrics_model_tokenizer_summary_and_checkpoints(tin
     rows = metric_rows(out)
     losses = [row["loss"] for row in rows if "loss" in row]
     assert [row["step"] for row in rows if "loss" in row] == [1, 2, 3, 4, 5, 6]
-    assert sum(losses[-2:]) < sum(losses[:2]) - 1.0, losses
+    # first two minus last two losses over train.seed 0-19: 1.12 / 1.63 / 1.98 (min / mean / max)
+    assert sum(losses[-2:]) < sum(losses[:2]) - 0.8, losses
     assert any(row["step"] == 6 and "eval_loss" in row for row in rows)
 
     for name in ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "chat_template.jinja"):

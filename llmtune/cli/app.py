@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from llmtune import __version__
-from llmtune.cli import data, infer, models, recipes, train
+from llmtune.cli import data, infer, models, recipes, tokenizer, train
 from llmtune.errors import EXIT_USER_ERROR, UserError
 
 app = typer.Typer(
@@ -25,6 +25,7 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 app.add_typer(recipes.app, name="recipe")
+app.add_typer(tokenizer.app, name="tokenizer")
 for _family in (data, train, infer, models):
     for _name, _command in _family.COMMANDS.items():
         app.command(_name)(_command)

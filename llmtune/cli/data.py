@@ -1,4 +1,4 @@
-"""Data commands: `llmtune synth-data`, `llmtune init-model`, `llmtune tokenize`."""
+"""Data commands: `llmtune synth-data`, `llmtune init-model`, `llmtune tokenize`, `llmtune clean`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from llmtune.cli.options import SetOpt
+from llmtune.cli.options import RecipeOpt, SetOpt
 
 
 def synth_data(
@@ -58,7 +58,7 @@ def init_model_cmd(
 
 
 def tokenize(
-    recipe: Annotated[Path, typer.Option("--recipe", help="Recipe YAML file.", show_default=False)],
+    recipe: RecipeOpt,
     set_: SetOpt = None,
     show: Annotated[
         int, typer.Option("--show", metavar="N", min=0, help="Print N examples with the trained tokens marked.")
@@ -71,8 +71,50 @@ def tokenize(
     tokenize_and_report(load_recipe(recipe, set_), show)
 
 
+def clean(
+    files: Annotated[
+        list[Path], typer.Argument(metavar="FILE...", help="Data files in any row format.", show_default=False)
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Directory for the cleaned files and the report.")],
+    recipe: Annotated[
+        Optional[Path], typer.Option("--recipe", help="YAML file with a clean: section (all settings).")
+    ] = None,
+    set_: SetOpt = None,
+    lang: Annotated[
+        Optional[str], typer.Option("--lang", metavar="CODES", help="Keep only these languages, e.g. en,zh.")
+    ] = None,
+    near_threshold: Annotated[
+        Optional[float], typer.Option("--near-threshold", metavar="J", help="Near-duplicate Jaccard threshold.")
+    ] = None,
+    no_rules: Annotated[bool, typer.Option("--no-rules", help="Skip the rule filters.")] = False,
+    no_dedup: Annotated[bool, typer.Option("--no-dedup", help="Skip exact and near deduplication.")] = False,
+    perplexity_model: Annotated[
+        Optional[str], typer.Option("--perplexity-model", metavar="MODEL", help="Score rows with this causal LM.")
+    ] = None,
+    keep_fraction: Annotated[
+        Optional[float], typer.Option("--keep-fraction", metavar="F", help="With a model: keep the best fraction.")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty output directory.")] = False,
+) -> None:
+    """Filter and deduplicate data files (language, rules, exact and near duplicates, perplexity), with a report."""
+    from llmtune.data.clean.spec import CleanRecipe
+    from llmtune.jobs.clean import clean as run
+    from llmtune.recipe import load_validated
+
+    flags = [*(set_ or [])]
+    flags += [f"clean.lang.languages=[{lang}]"] if lang else []
+    flags += [f"clean.near.threshold={near_threshold}"] if near_threshold is not None else []
+    flags += ["clean.rules.enabled=false"] if no_rules else []
+    flags += ["clean.exact.enabled=false", "clean.near.enabled=false"] if no_dedup else []
+    flags += [f"clean.perplexity.model={perplexity_model}"] if perplexity_model else []
+    flags += [f"clean.perplexity.keep_fraction={keep_fraction}"] if keep_fraction is not None else []
+    spec = load_validated(recipe, flags, CleanRecipe).clean
+    run(files, out, spec, overwrite=overwrite)
+
+
 COMMANDS = {
     "synth-data": synth_data,
     "init-model": init_model_cmd,
     "tokenize": tokenize,
+    "clean": clean,
 }

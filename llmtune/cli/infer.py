@@ -1,4 +1,4 @@
-"""Commands that run a trained model: `llmtune eval`, `generate`, `chat`, `bon`."""
+"""Commands that run a trained model: `llmtune eval`, `generate`, `chat`, `bon`, `serve`, `predict`."""
 
 from __future__ import annotations
 
@@ -24,6 +24,16 @@ from llmtune.cli.options import (
     model_args,
 )
 from llmtune.errors import UserError
+
+ShotsOpt = Annotated[
+    Optional[int], typer.Option("--shots", metavar="K", min=0, help="Answered examples before each exam question.")
+]
+McScoreOpt = Annotated[
+    str, typer.Option("--mc-score", metavar="letter|text", help="Score the answer letter, or each choice's text.")
+]
+HarnessOpt = Annotated[
+    Optional[str], typer.Option("--harness", metavar="TASKS", help="lm-evaluation-harness tasks, comma-separated.")
+]
 
 
 def bon(
@@ -65,7 +75,9 @@ def eval_cmd(
         Optional[Path], typer.Option("--recipe", metavar="R.yaml", help="Evaluate on this recipe's eval split.")
     ] = None,
     set_: SetOpt = None,
-    fmt: Annotated[Optional[str], typer.Option("--format", metavar="FMT", help="Row format of --data.")] = None,
+    fmt: Annotated[
+        Optional[str], typer.Option("--format", metavar="FMT", help="Row format of --data; mc: exam questions.")
+    ] = None,
     compare: Annotated[
         Optional[list[str]], typer.Option("--compare", metavar="SPEC", help="Another model/run/adapter (repeatable).")
     ] = None,
@@ -91,30 +103,63 @@ def eval_cmd(
     ] = None,
     dtype: DtypeOpt = "auto",
     endpoint: EndpointOpt = None,
+    shots: ShotsOpt = None,
+    dev: Annotated[
+        Optional[str], typer.Option("--dev", metavar="FILE", help="Exam examples for --shots (per subject).")
+    ] = None,
+    mc_score: McScoreOpt = "letter",
+    split: Annotated[str, typer.Option("--split", metavar="NAME", help="Split of a dataset folder/Hub id.")] = "test",
+    subset: Annotated[Optional[str], typer.Option("--subset", metavar="NAME", help="Its subset (config).")] = None,
+    harness: HarnessOpt = None,
+    harness_include: Annotated[
+        Optional[str], typer.Option("--harness-include", metavar="DIR", help="More lm-eval task YAMLs here.")
+    ] = None,
 ) -> None:
-    """Perplexity, bits per byte, generation, reward and DPO metrics of one or more models, in one table."""
+    """Perplexity, bits per byte, generation, reward, DPO and exam metrics (and lm-eval tasks), in one table."""
     from llmtune import console
     from llmtune.eval import job as job
     from llmtune.infer.generate import DecodeOptions
-    from llmtune.recipe import load_recipe
 
-    if (data is None) == (recipe is None):
-        raise UserError("give exactly one of --data FILE or --recipe R.yaml (its eval split)")
-    resolved = load_recipe(recipe, set_) if recipe else None
-    if resolved is not None:
-        rows = job.recipe_eval_data(resolved, max_samples)
-    else:
-        rows = job.read_eval_file(data, fmt, max_samples, endpoint)
+    if mc_score not in ("letter", "text"):
+        raise UserError(f"--mc-score {mc_score!r}: choose letter (the answer letter) or text (each choice's text)")
+    rows, resolved = _eval_rows(data, recipe, set_, fmt, max_samples, endpoint, shots, dev, split, subset, harness)
     specs = job.plan_specs(*model_args(model, adapter), list(compare or []), resolved)
     decode = DecodeOptions(max_new_tokens=max_new_tokens)
-    options = job.EvalOptions(batch_size, context, generate, decode, dtype, endpoint, reward)
+    options = job.EvalOptions(batch_size, context, generate, decode, dtype, endpoint, mc_score)
+    if reward and not (rows.kind == "chat" and generate):
+        raise UserError("--reward scores generated answers: give chat data (with answers to generate) and --generate")
+    options.reward = reward
+    if harness:
+        from llmtune.eval.harness import parse_tasks
+
+        options.harness, options.harness_include, options.shots = parse_tasks(harness), harness_include, shots
     results = job.run_eval(specs, rows, options, reference)
     console.stdout().print(job.results_table(results, f"{rows.label} ({len(rows.rows)} {rows.kind} rows)"))
-    if show:
+    if show and rows.kind == "chat":
         job.show_examples(rows, results, show)
     if out is not None:
         job.write_results(out, rows, results)
         console.info(f"wrote {out}", markup=False)
+
+
+def _eval_rows(data, recipe, set_, fmt, max_samples, endpoint, shots, dev, split, subset, harness) -> tuple:
+    """The eval data of `llmtune eval`: a file (exam questions when --format mc or its columns say so), a recipe's
+    eval split, or none when only --harness tasks run; and the recipe, when one was given."""
+    from llmtune.eval import job as job
+    from llmtune.recipe import load_recipe
+
+    if data is not None and recipe is not None or (data is None and recipe is None and not harness):
+        raise UserError("give exactly one of --data FILE or --recipe R.yaml (its eval split), or --harness TASKS")
+    resolved = load_recipe(recipe, set_) if recipe else None
+    if resolved is not None:
+        return job.recipe_eval_data(resolved, max_samples), resolved
+    if data is None:
+        return job.EvalData("harness", [], "lm-eval tasks"), None
+    if fmt == "mc" or (fmt is None and job.is_exam_file(data, endpoint, split, subset)):
+        rows = job.read_exam(data, dev=dev, shots=shots or 0, split=split, subset=subset, max_samples=max_samples,
+                             endpoint=endpoint)  # fmt: skip
+        return rows, None
+    return job.read_eval_file(data, fmt, max_samples, endpoint), None
 
 
 def generate_cmd(
@@ -181,9 +226,29 @@ def chat_cmd(
     chat_loop(loaded.model, loaded.tokenizer, options, system=system)
 
 
+def serve_cmd(
+    model: ModelOpt = None,
+    adapter: AdapterOpt = None,
+    port: Annotated[int, typer.Option("--port", metavar="P", min=1, max=65535, help="TCP port.")] = 8000,
+    host: Annotated[
+        str, typer.Option("--host", metavar="ADDR", help="Listen address (0.0.0.0 exposes it to the network).")
+    ] = "127.0.0.1",
+    name: Annotated[
+        Optional[str], typer.Option("--name", metavar="NAME", help="Model name clients ask for (default: dir name).")
+    ] = None,
+    dtype: DtypeOpt = "auto",
+    endpoint: EndpointOpt = None,
+) -> None:
+    """Serve a model, run dir or adapter (merged) as an OpenAI-compatible chat-completions endpoint."""
+    from llmtune.infer.serve import serve
+
+    serve(*model_args(model, adapter), host=host, port=port, name=name, dtype=dtype, endpoint=endpoint)
+
+
 COMMANDS = {
     "bon": bon,
     "eval": eval_cmd,
     "generate": generate_cmd,
     "chat": chat_cmd,
+    "serve": serve_cmd,
 }

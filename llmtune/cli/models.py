@@ -72,12 +72,19 @@ def export_cmd(
     push: Annotated[Optional[str], typer.Option("--push", metavar="REPO", help="Upload to this Hub repo.")] = None,
     private: Annotated[bool, typer.Option("--private", help="Create the pushed repo private.")] = False,
     endpoint: EndpointOpt = None,
+    fmt: Annotated[
+        str, typer.Option("--format", metavar="safetensors|gguf", help="A transformers directory, or one GGUF file.")
+    ] = "safetensors",
+    quant: Annotated[
+        str, typer.Option("--quant", metavar="f16|bf16|f32|q8_0|q5_1|q5_0|q4_1|q4_0", help="GGUF weight type.")
+    ] = "f16",
 ) -> None:
-    """Merge a LoRA/DoRA adapter into its base (a QLoRA base dequantized) and save a standalone model with a card."""
+    """Merge a LoRA/DoRA adapter into its base (a QLoRA base dequantized) and save a standalone model with a card,
+    as safetensors or as a GGUF file for llama.cpp / Ollama."""
     from llmtune.jobs.export import export
 
     export(*model_args(model, adapter), out, max_shard_size=max_shard_size, overwrite=overwrite, dtype=dtype,
-           endpoint=endpoint, eval_json=eval_json, push=push, private=private)  # fmt: skip
+           endpoint=endpoint, eval_json=eval_json, push=push, private=private, fmt=fmt, quant=quant)  # fmt: skip
 
 
 class PlanDevice(str, Enum):
@@ -95,8 +102,15 @@ def plan_cmd(
         Optional[int], typer.Option("--nproc", metavar="N", min=1, help="Processes (GPUs); default train.nproc.")
     ] = None,
     device: Annotated[PlanDevice, typer.Option("--device", help="Estimate for a GPU or a CPU run.")] = PlanDevice.gpu,
+    config: Annotated[
+        Optional[Path],
+        typer.Option("--config", metavar="FILE", help="Read the model's shapes from this config.json instead."),
+    ] = None,
 ) -> None:
-    """Count parameters and estimate peak memory per device from config.json alone (no weights downloaded)."""
+    """Count parameters and estimate peak memory per device from config.json alone (no weights downloaded).
+
+    config.json comes from --config, a local model directory, the HF cache, the copy llmtune ships for the models of
+    its recipes, or the Hub, in that order."""
     from llmtune import console
     from llmtune.plan.memory import parse_memory
     from llmtune.plan.report import make_plan, render
@@ -105,7 +119,7 @@ def plan_cmd(
     console.quiet_libraries()
     budget = parse_memory(gpu_memory) if gpu_memory else None
     resolved = load_recipe(recipe, set_)
-    render(make_plan(resolved, device.value, nproc, budget), resolved)
+    render(make_plan(resolved, device.value, nproc, budget, config), resolved)
 
 
 COMMANDS = {

@@ -7,9 +7,10 @@ from typing import Annotated, Optional
 
 import typer
 
-RecipeArg = Annotated[Path, typer.Argument(help="Recipe YAML file.", show_default=False)]
+RECIPE_HELP = "Recipe YAML file, or a shipped recipe's name (`llmtune recipe list`)."
+RecipeArg = Annotated[Path, typer.Argument(help=RECIPE_HELP, show_default=False)]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a key: --set train.lr=1e-4 (repeatable).")]
-RecipeOpt = Annotated[Path, typer.Option("--recipe", help="Recipe YAML file.", show_default=False)]
+RecipeOpt = Annotated[Path, typer.Option("--recipe", help=RECIPE_HELP, show_default=False)]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the output dir's last checkpoint.")]
 NprocOpt = Annotated[
     Optional[int],
@@ -18,7 +19,8 @@ NprocOpt = Annotated[
     ),
 ]
 AccelOpt = Annotated[
-    Optional[str], typer.Option("--accelerate-config", metavar="FILE", help="accelerate config (recipes/accelerate/).")
+    Optional[str],
+    typer.Option("--accelerate-config", metavar="FILE", help="accelerate config file, or shipped: accelerate/zero3."),
 ]
 MachinesOpt = Annotated[int, typer.Option("--num-machines", metavar="N", min=1, help="Machines in a multi-node run.")]
 RankOpt = Annotated[int, typer.Option("--machine-rank", metavar="R", min=0, help="This machine's rank (0: main).")]

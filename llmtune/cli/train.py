@@ -1,10 +1,11 @@
 """The training commands `llmtune pt | sft | rm | dpo | kto | grpo | rloo`: one signature, one body; more than one
-process goes through accelerate launch (llmtune.training.launch)."""
+process goes through accelerate launch (llmtune.training.launch). And `llmtune report`, a page comparing runs."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -93,4 +94,16 @@ def _training_command(stage: str, summary: str) -> Callable[..., None]:
     return command
 
 
+def report(
+    runs: Annotated[list[Path], typer.Argument(metavar="RUN...", help="Training run directories.", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", metavar="FILE", help="The page: .html (self-contained) or .md.")],
+) -> None:
+    """One page comparing training runs: recipe differences, sizes and timings, final numbers, curves overlaid."""
+    from llmtune import console
+    from llmtune.report.page import write_report
+
+    console.info(f"wrote {write_report(runs, out)}", markup=False)
+
+
 COMMANDS = {stage: _training_command(stage, summary) for stage, summary in TRAINING_COMMANDS.items()}
+COMMANDS["report"] = report

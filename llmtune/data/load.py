@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llmtune import console
@@ -64,6 +65,7 @@ class SourceReport:
     total: int = 0
     skipped: int = 0
     reasons: list[str] = field(default_factory=list)
+    format_hint: str = ""
 
 
 @dataclass
@@ -102,6 +104,24 @@ def _source_format(src: DataSource, raw: Any, where: str, kind: str) -> str:
     return fmt
 
 
+def _format_hint(src: DataSource, raw: Any, fmt: str, kind: str) -> str:
+    """When a row fails in the `format:` the recipe set but its columns say another format, the fix to name;
+    skipping rows would drop them all, so that advice is not given. Empty when the columns agree or say nothing."""
+    if src.format is None or not isinstance(raw, dict):
+        return ""
+    try:
+        detected = detect_format(apply_columns(raw, src.columns))
+    except RowError:
+        return ""
+    if detected == fmt:
+        return ""
+    columns = ", ".join(sorted(apply_columns(raw, src.columns)))
+    hint = f"these columns ({columns}) look like {detected}, not {fmt}; set format: {detected} on this source"
+    if detected not in FORMATS_OF_KIND[kind]:
+        hint += f" ({detected} rows are {KIND_OF_FORMAT[detected]}: this stage trains on {kind} rows)"
+    return hint
+
+
 def read_source(
     src: DataSource,
     *,
@@ -124,8 +144,11 @@ def read_source(
                 report.format = _source_format(src, raw, where, kind)
             converted = reshape(convert(report.format, raw, src.columns), KIND_OF_FORMAT[report.format], kind)
         except RowError as exc:
+            hint = _format_hint(src, raw, report.format, kind)
             if bad_rows == "error":
-                raise UserError(f"{where}: {exc} (or set data.bad_rows: skip to skip bad rows)") from None
+                fix = f"; {hint}" if hint else " (or set data.bad_rows: skip to skip bad rows)"
+                raise UserError(f"{where}: {exc}{fix}") from None
+            report.format_hint = report.format_hint or hint
             report.skipped += 1
             if len(report.reasons) < SHOWN_REASONS:
                 report.reasons.append(f"{where}: {exc}")
@@ -138,7 +161,10 @@ def read_source(
             f"first: {'; '.join(report.reasons)}"
         )
     if src.max_samples is not None and len(rows) > src.max_samples:
-        keep = sorted(random.Random(f"max_samples:{seed}:{src.path}").sample(range(len(rows)), src.max_samples))
+        # Keyed by the file or dataset name, not the whole path: the same data moved elsewhere (another checkout,
+        # a temporary directory) must give the same rows, as the same recipe and seed give the same weights.
+        rng = random.Random(f"max_samples:{seed}:{Path(src.path).name}")
+        keep = sorted(rng.sample(range(len(rows)), src.max_samples))
         rows = [rows[i] for i in keep]
     report.rows = len(rows)
     return rows, report
@@ -148,8 +174,10 @@ def _check_nonempty(report: SourceReport) -> None:
     if report.total == 0:
         raise UserError(f"{report.label}: no rows (the file is empty); add rows or remove this source from the recipe")
     if report.skipped == report.total:
+        fix = f"; {report.format_hint}" if report.format_hint else ""
         raise UserError(
-            f"{report.label}: none of its {report.total} rows is valid; first problems: {'; '.join(report.reasons)}"
+            f"{report.label}: none of its {report.total} rows is valid{fix}; "
+            f"first problems: {'; '.join(report.reasons)}"
         )
 
 

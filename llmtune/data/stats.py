@@ -65,7 +65,14 @@ def summarize(
         "padding_efficiency": 1.0 if packed else padding_efficiency(lengths, recipe.train.batch_size),
         "packing_efficiency": tokens / (len(lengths) * max_length) if lengths else 0.0,
         "eval_rows": len(evals) if evals is not None else 0,
-        "sources": [
-            {"path": r.label, "format": r.format, "rows": r.rows, "skipped": r.skipped} for r in splits.reports
-        ],
-    }
+        "sources": [{**_source(r, encoded.per_source, tokens), "weight": w} for r, w in zip(splits.reports,
+                     [s.weight for s in recipe.data.train] + [1.0] * len(splits.reports), strict=False)],
+    }  # fmt: skip
+
+
+def _source(report: Any, per_source: dict[str, list[int]], total: int) -> dict[str, Any]:
+    """One source's rows read and, after its sampling weight, the examples and tokens it puts in training."""
+    mine = [c for label, c in per_source.items() if label == report.label or label.startswith(report.label + "/")]
+    examples, tokens = sum(c[0] for c in mine), sum(c[1] for c in mine)
+    return {"path": report.label, "format": report.format, "rows": report.rows, "skipped": report.skipped,
+            "examples": examples, "tokens": tokens, "token_share": tokens / total if total else 0.0}  # fmt: skip

@@ -10,6 +10,7 @@ import random
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from llmtune.data.synth_mc import DEV_PER_SUBJECT, SUBJECTS, mc_rows
 from llmtune.data.synth_tasks import SYSTEM_PROMPTS, TASKS, TOPICS, WORDS, Example, check_answer
 from llmtune.errors import UserError
 
@@ -106,6 +107,8 @@ def write_builtin_data(out_dir: Path, n_train: int = 2000, n_eval: int = 200, se
         "eval_alpaca": [{"instruction": ex.instruction, "input": ex.input, "output": ex.answer} for ex in evals],
         "eval_preference": [{"prompt": ex.prompt, "chosen": ex.answer, "rejected": ex.wrong} for ex in evals],
         "eval_text": [{"text": doc} for doc in text_corpus(n_eval, seed + 1_000_003)],
+        "eval_mc": mc_rows(n_eval, seed, "test"),
+        "dev_mc": mc_rows(DEV_PER_SUBJECT * len(SUBJECTS), seed, "dev"),
     }
     paths = {f"{name}.jsonl": _write_jsonl(out_dir / f"{name}.jsonl", rows) for name, rows in files.items()}
     paths["text.txt"] = out_dir / "text.txt"

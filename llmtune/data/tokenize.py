@@ -9,6 +9,7 @@ to and from Arrow.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +57,8 @@ class Encoded:
     full_lengths: list[int] = field(default_factory=list)
     truncated: int = 0
     dropped: int = 0
+    per_source: dict[str, list[int]] = field(default_factory=dict)
+    """File label -> [examples, tokens] as trained (after the sampling weights, truncation and drops)."""
 
 
 def _backend(tokenizer: Any) -> Any:
@@ -117,6 +120,11 @@ def _fit(out: Encoded, row: Row, ids: list[int], labels: list[int], max_length: 
     out.labels.append(kept_labels)
 
 
+def source_label(origin: str) -> str:
+    """The file part of an origin ("data/a.jsonl:17" or "data/a.parquet: row 3" -> the path)."""
+    return re.sub(r"(:\d+|: row \d+)$", "", origin)
+
+
 def encode(
     rows: list[Row],
     tokenizer: Any,
@@ -139,7 +147,12 @@ def encode(
         pieces.update(zip(map(id, text), _text_batch(text, tokenizer), strict=True))
         for row in batch:
             ids, labels = pieces[id(row)]
+            before = len(out.input_ids)
             _fit(out, row, ids, labels, max_length, bad_rows)
+            if len(out.input_ids) > before:
+                counts = out.per_source.setdefault(source_label(row.get("origin", "")), [0, 0])
+                counts[0] += 1
+                counts[1] += len(out.input_ids[-1])
     if out.truncated:
         console.info(f"{split}: truncated {out.truncated} of {len(rows)} examples to data.max_length={max_length}")
     if out.dropped:

@@ -1,9 +1,9 @@
 """`llmtune eval` as a job: read the eval data (a file or a recipe's eval split), evaluate one or several models on
 it one at a time, print one table with a column per model and write the numbers as JSON.
 
-Which numbers depends on the rows: text -> perplexity, bits per char/byte; chat -> perplexity on the trained tokens
-and generation metrics (exact match, ROUGE-L) on the last assistant turn; preference pairs -> reward accuracy and
-margin (a reward model) or log-prob and implicit DPO accuracy (a policy, against its base or --reference).
+Which numbers depends on the rows: text -> perplexity, bits per char/byte; chat -> perplexity on the trained tokens,
+exact match, ROUGE-L (and a --reward model's score) of generated answers; preference pairs -> reward or implicit DPO
+accuracy; exams -> accuracy (llmtune.eval.exams); lm-evaluation-harness tasks (--harness) add their own numbers.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from llmtune.data.formats import Row
 from llmtune.errors import UserError
 from llmtune.infer.generate import DecodeOptions
 from llmtune.infer.load import Loaded, load_for_inference
+from llmtune.infer.score import generated_reward, load_scorer
 
 if TYPE_CHECKING:
     from llmtune.schema import Recipe
@@ -35,6 +36,8 @@ class EvalData:
     label: str
     loss_on: str = "all_assistant"
     max_length: int | None = None
+    shots: list[list[Any]] = field(default_factory=list)
+    """For exams (kind "mc", rows are `exams.Question`s): each question's answered examples."""
 
 
 @dataclass
@@ -45,8 +48,11 @@ class EvalOptions:
     decode: DecodeOptions = field(default_factory=lambda: DecodeOptions(max_new_tokens=64))
     dtype: str = "auto"
     endpoint: str | None = None
-    reward: str | None = None
-    """A reward model scoring the generated answers (chat data): the `reward` column."""
+    mc_score: str = "letter"
+    harness: list[str] = field(default_factory=list)
+    harness_include: str | None = None
+    shots: int | None = None
+    reward: str | None = None  # a reward model scoring the generated answers (chat data): the `reward` column
 
 
 @dataclass
@@ -91,6 +97,35 @@ def read_eval_file(
     return EvalData(KIND_OF_FORMAT[fmt], rows[:max_samples], path)
 
 
+def is_exam_file(path: str, endpoint: str | None = None, split: str = "test", subset: str | None = None) -> bool:
+    """True when the first row of the file looks like an exam question (question, choices or A/B..., answer)."""
+    from llmtune.data.readers import read_raw, resolve_path
+    from llmtune.eval.exams import looks_like_mc
+
+    local = resolve_path(path, "main", endpoint)
+    first = next(iter(read_raw(local, path, split if local.is_dir() else "train", subset)), (None, None))[1]
+    return looks_like_mc(first)
+
+
+def read_exam(
+    path: str, *, dev: str | None = None, shots: int = 0, split: str = "test", subset: str | None = None,
+    max_samples: int | None = None, endpoint: str | None = None,
+) -> EvalData:  # fmt: skip
+    """Exam questions and, for k-shot, each one's examples: the first k of its subject in --dev (a file, or the
+    "dev" split of a dataset folder or Hub id)."""
+    from llmtune.eval.exams import read_questions, shots_for
+
+    questions = read_questions(path, split=split, subset=subset, endpoint=endpoint, limit=max_samples)
+    examples: list = []
+    if shots:
+        if dev is None and not Path(path).is_file():
+            dev = path
+        if dev is None:
+            raise UserError(f"--shots {shots}: give --dev FILE, the exam's dev split to take the examples from")
+        examples = read_questions(dev, split="dev", subset=subset, endpoint=endpoint)
+    return EvalData("mc", list(questions), path, shots=shots_for(questions, examples, shots))
+
+
 def recipe_eval_data(recipe: Recipe, max_samples: int | None = None) -> EvalData:
     """The recipe's eval split (its eval sources, or eval_ratio of the training rows), read as training reads it."""
     from llmtune.data.load import read_splits, stage_kind
@@ -109,13 +144,41 @@ def _context(loaded: Loaded, wanted: int | None) -> int:
     return wanted or min(limit, MAX_DEFAULT_CONTEXT)
 
 
-def evaluate_loaded(
-    loaded: Loaded, data: EvalData, options: EvalOptions, reference: Loaded | None = None, scorer: Loaded | None = None
-) -> Result:
-    """Every metric that fits the data and the model's head."""
+def evaluate_loaded(loaded: Loaded, data: EvalData, options: EvalOptions, reference: Loaded | None = None) -> Result:
+    """Every metric that fits the data and the model's head, then those of the --harness tasks."""
+    result = _data_result(loaded, data, options, reference) if data.rows else Result(loaded.label, {})
+    if options.harness:
+        from llmtune.eval.harness import harness_metrics
+
+        result.metrics.update(
+            harness_metrics(
+                loaded.model,
+                loaded.tokenizer,
+                options.harness,
+                include=options.harness_include,
+                shots=options.shots,
+                batch_size=options.batch_size,
+                window=_context(loaded, options.context),
+            )  # fmt: skip
+        )
+    return result
+
+
+def _data_result(loaded: Loaded, data: EvalData, options: EvalOptions, reference: Loaded | None) -> Result:
     from llmtune.eval import measure as ev
 
     model, tok, bs = loaded.model, loaded.tokenizer, options.batch_size
+    if data.kind == "mc":
+        from llmtune.eval.exam_score import exam_metrics
+
+        if loaded.head == "sequence_classification":
+            raise UserError(f"{loaded.label} is a reward model; exams score a language model's answer letters")
+
+        window = _context(loaded, options.context)
+        metrics, predicted = exam_metrics(
+            model, tok, data.rows, data.shots, score=options.mc_score, window=window, batch_size=bs
+        )
+        return Result(loaded.label, metrics, predicted)
     if data.kind == "text":
         texts = [row["text"] for row in data.rows]
         return Result(
@@ -140,18 +203,7 @@ def evaluate_loaded(
     if options.generate and chats:
         found, generations = ev.generation_metrics(model, tok, chats, options.decode, batch_size=max(bs, 16))
         metrics.update(found)
-        if scorer is not None:
-            metrics["reward"] = _mean_reward(scorer, chats, generations)
     return Result(loaded.label, metrics, generations)
-
-
-def _mean_reward(scorer: Loaded, chats: list[Row], generations: list[str]) -> float:
-    """The reward model's mean score of the generated answers, each after its own prompt (as grpo scores them)."""
-    from llmtune.infer.score import score
-
-    answers = [[{"role": "assistant", "content": g}] for g in generations]
-    convs = [row["messages"][:-1] + answer for row, answer in zip(chats, answers, strict=True)]
-    return float(score(scorer.model, scorer.tokenizer, convs).mean())
 
 
 def _free(loaded: Loaded | None) -> None:
@@ -169,11 +221,7 @@ def run_eval(
     specs: list[tuple[str | None, str | None]], data: EvalData, options: EvalOptions, reference: str | None = None
 ) -> list[Result]:
     """Evaluate each (model, adapter) spec in turn, loading one model (plus the reference) at a time."""
-    if options.reward and not (data.kind == "chat" and options.generate):
-        raise UserError("--reward scores generated answers: give chat data (with answers to generate) and --generate")
     ref = load_for_inference(reference, dtype=options.dtype, endpoint=options.endpoint) if reference else None
-    from llmtune.infer.score import load_scorer
-
     scorer = load_scorer(options.reward, endpoint=options.endpoint) if options.reward else None
     results = []
     try:
@@ -181,7 +229,9 @@ def run_eval(
             loaded = load_for_inference(model, adapter, dtype=options.dtype, endpoint=options.endpoint)
             console.info(f"evaluating {loaded.label}", markup=False)
             try:
-                results.append(evaluate_loaded(loaded, data, options, ref, scorer))
+                results.append(evaluate_loaded(loaded, data, options, ref))
+                if scorer is not None:
+                    results[-1].metrics["reward"] = generated_reward(scorer, data.rows, results[-1].generations)
             finally:
                 _free(loaded)
     finally:

@@ -119,6 +119,28 @@ def text_perplexity(
     }
 
 
+def document_perplexities(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], *, context: int, batch_size: int
+) -> list[float]:
+    """The perplexity of each plain-text document on its own (text_perplexity's windows, summed per document)."""
+    from llmtune.data.tokenize import encode
+
+    rows = [{"text": text, "origin": f"document {i + 1}"} for i, text in enumerate(texts)]
+    encoded = encode(rows, tokenizer, None, loss_on="all", max_length=None, bad_rows="error")
+    owners, windows = [], []
+    for doc, ids in enumerate(encoded.input_ids):
+        for window in text_windows(ids, context):
+            if len(window) > 1:
+                owners.append(doc)
+                windows.append(window)
+    sums, counts = scored_logprobs(model, windows, windows, tokenizer.pad_token_id, batch_size)
+    nll, tokens = [0.0] * len(texts), [0] * len(texts)
+    for doc, total, count in zip(owners, sums, counts, strict=True):
+        nll[doc] -= total
+        tokens[doc] += count
+    return [math.exp(n / t) if t else math.inf for n, t in zip(nll, tokens, strict=True)]
+
+
 def chat_perplexity(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,

@@ -69,6 +69,55 @@ def stop_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list
     return list(dict.fromkeys(ids))
 
 
+def set_stop_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Make the model's generation_config stop at every id of `stop_ids` (and pad with the tokenizer's pad), so a
+    saved model or export stops at the end of a turn in any runtime that reads it."""
+    ids = stop_ids(model, tokenizer)
+    model.generation_config.eos_token_id = ids
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return ids
+
+
+def stop_counts(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Prompt],
+                max_new_tokens: int = 32) -> tuple[int, int]:  # fmt: skip
+    """(prompts whose greedy answer hit a stop id within max_new_tokens, prompts tried)."""
+    import torch
+
+    config = build_generation_config(model, tokenizer, DecodeOptions(max_new_tokens=max_new_tokens))
+    stops = set(config.eos_token_id)
+    batch = encode_left_padded(
+        tokenizer, render_prompts(tokenizer, prompts, True), True, next(model.parameters()).device
+    )
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            ids = model.generate(**batch, generation_config=config)
+    finally:
+        model.train(was_training)
+    new = ids[:, batch["input_ids"].shape[1] :].tolist()
+    return sum(any(t in stops for t in row) for row in new), len(new)
+
+
+def check_stops(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Prompt],
+                what: str, max_new_tokens: int = 32) -> bool:  # fmt: skip
+    """Warn, with the numbers, when greedy generation on a few prompts runs to max_new_tokens without stopping."""
+    from llmtune import console
+
+    if not tokenizer.chat_template or not prompts:
+        return True
+    stopped, tried = stop_counts(model, tokenizer, prompts, max_new_tokens)
+    if stopped == tried:
+        return True
+    names = ", ".join(f"{tokenizer.convert_ids_to_tokens(i)!r} ({i})" for i in stop_ids(model, tokenizer))
+    console.warn(
+        f"{what}: greedy generation stopped within {max_new_tokens} new tokens on only {stopped} of {tried} training "
+        f"prompts (stop ids: {names}); the model may not have learned to end its turn: train longer, check that "
+        "the data's answers end with the template's end-of-turn token, or raise max_new_tokens when you generate"
+    )
+    return False
+
+
 def build_generation_config(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, options: DecodeOptions
 ) -> GenerationConfig:

@@ -69,3 +69,19 @@ def read_prompts(path: Path, what: str = "--prompts") -> list[Prompt]:
     if not prompts:
         raise UserError(f"{what}: {path} has no prompts")
     return prompts
+
+
+FALLBACK_PROMPTS: list[Prompt] = ["Hello!", "What is 2 + 3?", "Name a colour.", "Say something short."]
+
+
+def sample_prompts(recipe: Any, n: int = 4) -> list[Prompt]:
+    """The first `n` prompts of a run's first local training file (prompt, messages or text rows), else a few
+    generic ones: cheap material for checking that generation stops."""
+    sources = recipe.data.train if recipe is not None else []
+    path = Path(sources[0].path).expanduser() if sources else None
+    if path is not None and path.is_file():
+        try:
+            return read_prompts(path, "data.train")[:n]
+        except UserError:
+            pass
+    return FALLBACK_PROMPTS[:n]

@@ -44,6 +44,20 @@ def check_scorer(name: str, endpoint: str | None = None, what: str = "reward mod
         )
 
 
+def score_answers(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Messages], answers: Sequence[str]
+) -> torch.Tensor:
+    """One reward per answer, each scored after its own prompt as an assistant turn (grpo and eval --reward)."""
+    convs = [[*p, {"role": "assistant", "content": a}] for p, a in zip(prompts, answers, strict=True)]
+    return score(model, tokenizer, convs)
+
+
+def generated_reward(scorer: Loaded, chats: Sequence[dict], generations: Sequence[str]) -> float:
+    """The mean score of answers generated for chat rows (each in place of the row's last answer)."""
+    prompts = [row["messages"][:-1] for row in chats if row.get("messages")]
+    return float(score_answers(scorer.model, scorer.tokenizer, prompts, generations).mean())
+
+
 def score(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, conversations: Sequence[Messages], batch_size: int = 16
 ) -> torch.Tensor:

@@ -36,6 +36,27 @@ def check_shard_size(size: str) -> None:
         raise UserError(f"--max-shard-size {size!r}: give a size in TB, GB, MB or KB, such as 5GB or 500MB") from None
 
 
+def check_format(fmt: str, quant: str) -> None:
+    """Refuse an unknown --format / --quant before the model is loaded."""
+    from llmtune.errors import require_module
+
+    if fmt not in ("safetensors", "gguf"):
+        raise UserError(f"--format {fmt!r}: choose safetensors (a transformers model directory) or gguf")
+    if fmt == "gguf":
+        from llmtune.jobs.gguf import QUANTS
+
+        if quant not in QUANTS:
+            raise UserError(f"--quant {quant!r}: choose one of {', '.join(QUANTS)}")
+        require_module("gguf", "export --format gguf")
+
+
+def training_prompts(loaded: Loaded) -> list:
+    """A few prompts to check that generation stops: the run's training data when its recipe names it."""
+    from llmtune.infer.prompts import sample_prompts
+
+    return sample_prompts(loaded.recipe)
+
+
 def merged_model(loaded: Loaded) -> Any:
     """The base with the adapter folded into its weights (peft's merge_and_unload); a plain model as is."""
     if loaded.adapter is None:
@@ -113,14 +134,21 @@ def model_card(loaded: Loaded, name: str, numbers: dict[str, dict[str, float]]) 
     return "\n".join(lines)
 
 
-def _save(model: Any, loaded: Loaded, staging: Path, max_shard_size: str, card: str) -> None:
-    from llmtune.infer.generate import stop_ids
+def _save(model: Any, loaded: Loaded, staging: Path, options: dict[str, str], card: str) -> None:
+    from llmtune.infer.generate import set_stop_ids
 
     if loaded.head == "causal_lm":
-        model.generation_config.eos_token_id = stop_ids(model, loaded.tokenizer)
-        model.generation_config.pad_token_id = loaded.tokenizer.pad_token_id
-    model.save_pretrained(staging, max_shard_size=max_shard_size)
-    loaded.tokenizer.save_pretrained(staging)
+        set_stop_ids(model, loaded.tokenizer)
+    staging.mkdir(parents=True)
+    if options["format"] == "gguf":
+        from llmtune.jobs.gguf import write_gguf
+
+        path = staging / f"model-{options['quant']}.gguf"
+        counts = write_gguf(model, loaded.tokenizer, path, options["quant"], Path(loaded.label).name)
+        console.info(f"gguf tensors by type: {', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}")
+    else:
+        model.save_pretrained(staging, max_shard_size=options["max_shard_size"])
+        loaded.tokenizer.save_pretrained(staging)
     (staging / "README.md").write_text(card, encoding="utf-8")
 
 
@@ -161,13 +189,18 @@ def export(
     eval_json: list[Path] | None = None,
     push: str | None = None,
     private: bool = False,
+    fmt: str = "safetensors",
+    quant: str = "f16",
 ) -> Path:
-    """Merge, save and (optionally) push; returns the output directory."""
+    """Merge, save (safetensors, or one GGUF file) and (optionally) push; returns the output directory."""
     refuse_nonempty(out, overwrite, "--out")
     check_shard_size(max_shard_size)
+    check_format(fmt, quant)
     loaded = load_for_inference(
         model, adapter, revision=revision, dtype=dtype, trust_remote_code=trust_remote_code, endpoint=endpoint
     )
+    if fmt == "gguf" and loaded.head != "causal_lm":
+        raise UserError("--format gguf: only causal language models are written as GGUF (this is a classifier)")
     source = loaded.adapter or (Path(loaded.base) if Path(loaded.base).is_dir() else None)
     card = model_card(loaded, out.name, eval_numbers(source, list(eval_json or [])))
     merged = merged_model(loaded)
@@ -176,11 +209,15 @@ def export(
     shutil.rmtree(staging, ignore_errors=True)
     try:
         with quiet_loading():
-            _save(merged, loaded, staging, max_shard_size, card)
+            _save(merged, loaded, staging, {"format": fmt, "quant": quant, "max_shard_size": max_shard_size}, card)
         move_into_place(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     console.info(f"wrote {out} ({', '.join(sorted(p.name for p in out.iterdir()))})")
+    if loaded.head == "causal_lm":
+        from llmtune.infer.generate import check_stops
+
+        check_stops(merged, loaded.tokenizer, training_prompts(loaded), "the exported model")
     if push:
         console.info(f"pushed to {push_folder(out, push, endpoint, private)}")
     return out

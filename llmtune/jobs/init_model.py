@@ -159,11 +159,7 @@ def write_model_dir(out: Path, model: LlamaForCausalLM, tokenizer: PreTrainedTok
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging, save_jinja_files=False)
-        # safetensors writes its file 0600; give it the umask-based mode the JSON files got, so others can read it.
-        mode = (staging / "config.json").stat().st_mode & 0o777
-        for path in staging.iterdir():
-            path.chmod(mode)
-        move_into_place(staging, out)
+        move_into_place(staging, out)  # gives safetensors' 0600 weights the umask's mode
     finally:
         if bars_were_on:
             hf_logging.enable_progress_bar()

@@ -38,8 +38,14 @@ def print_stats(stats: dict[str, Any]) -> None:
     for name, value in rows:
         table.add_row(name, value)
     stdout().print(table)
+    sources = Table(title="training tokens per source (after the sampling weights)")
+    for column in ("source", "format", "rows read", "skipped", "weight", "examples", "tokens", "share"):
+        sources.add_column(column, justify="left" if column in ("source", "format") else "right")
     for src in stats["sources"]:
-        stdout().print(f"{src['path']}: {src['format']}, {src['rows']:,} rows, {src['skipped']} skipped", markup=False)
+        sources.add_row(src["path"], src["format"], f"{src['rows']:,}", f"{src['skipped']:,}",
+                        f"{src.get('weight', 1.0):g}", f"{src.get('examples', 0):,}", f"{src.get('tokens', 0):,}",
+                        f"{src.get('token_share', 0.0):.1%}")  # fmt: skip
+    stdout().print(sources)
 
 
 def examples(dataset: datasets.Dataset, n: int) -> list[tuple[list[int], list[int]]]:

@@ -1,6 +1,6 @@
 """The model side of `llmtune plan`: read config.json (never weights) and count parameters on the `meta` device.
 
-A Hub model costs one small download (config.json); a local directory costs nothing.
+Where config.json comes from (a local directory, the HF cache, a shipped copy, the Hub) is `plan.source`'s job.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from llmtune.errors import UserError
 from llmtune.plan.memory import ModelFacts
+from llmtune.plan.source import ConfigSource, find_config
 from llmtune.schema import Recipe
 
 if TYPE_CHECKING:
@@ -21,48 +22,21 @@ LAYER_INDEX = re.compile(r"\.(\d+)\.")
 CLOSED_FORM_TYPES = ("llama",)
 
 
-def config_dir(recipe: Recipe) -> Path:
-    """A directory holding the model's config.json: the local model dir, or the Hub file alone in the HF cache."""
-    name = recipe.model.name_or_path
-    local = Path(name).expanduser()
-    if local.exists():
-        if not (local / "config.json").is_file():
-            raise UserError(f"model.name_or_path: {local} is not a model directory (no config.json in it)")
-        return local
-    if name.startswith(("/", "./", "../", "~")) or name.count("/") > 1:
-        raise UserError(f"model.name_or_path: {name} does not exist (neither a local directory nor a Hub id)")
-    if recipe.model.trust_remote_code:
-        raise UserError(
-            f"model.name_or_path: {name} needs remote code; plan reads remote-code models only from a local "
-            f"directory (llmtune download {name} first)"
-        )
-    return _fetch_config(name, recipe.model.revision, recipe.hub.endpoint)
-
-
-def _fetch_config(repo_id: str, revision: str, endpoint: str | None) -> Path:
-    from huggingface_hub import hf_hub_download
-
-    from llmtune.hub import project_endpoint, resolve_endpoint, resolve_token
-
-    url, _ = resolve_endpoint(None, endpoint if endpoint is not None else project_endpoint())
-    token, _ = resolve_token()
-    try:
-        path = hf_hub_download(repo_id, "config.json", revision=revision, endpoint=url, token=token)
-    except Exception as exc:  # noqa: BLE001 - network, auth and missing-repo errors all end the same way
-        where = f"{repo_id}@{revision} from {url}"
-        raise UserError(f"model.name_or_path: cannot fetch config.json of {where} ({exc})") from None
-    return Path(path).parent
-
-
-def load_model_config(recipe: Recipe) -> PretrainedConfig:
-    """The model's configuration, from config.json only."""
+def read_config(source: ConfigSource, recipe: Recipe) -> PretrainedConfig:
+    """The configuration in one config.json file (read from its directory when it is named config.json, so that a
+    remote-code model finds its code beside it)."""
     from transformers import AutoConfig
 
-    path = config_dir(recipe)
+    where = source.path.parent if source.path.name == "config.json" else source.path
     try:
-        return AutoConfig.from_pretrained(path, trust_remote_code=recipe.model.trust_remote_code)
+        return AutoConfig.from_pretrained(where, trust_remote_code=recipe.model.trust_remote_code)
     except (OSError, ValueError, KeyError) as exc:
-        raise UserError(f"model.name_or_path: cannot read {path / 'config.json'} ({exc})") from None
+        raise UserError(f"model.name_or_path: cannot read {source.path} ({exc})") from None
+
+
+def load_model_config(recipe: Recipe, config_file: Path | None = None) -> PretrainedConfig:
+    """The model's configuration, from config.json only (`--config FILE` when given; see `plan.source`)."""
+    return read_config(find_config(recipe, config_file), recipe)
 
 
 def meta_model(config: PretrainedConfig, recipe: Recipe) -> PreTrainedModel:

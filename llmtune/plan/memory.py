@@ -66,6 +66,11 @@ class ModelFacts:
             return self.freeze_trainable
         return self.adapter_params + self.lora_copies
 
+    def trained_total(self, kind: str) -> int:
+        """All parameters of the model as trained: the base, plus LoRA's adapters and modules_to_save copies (what
+        `llmtune.modeling.count_parameters` counts on the real model, so `plan` and `sft` print the same share)."""
+        return self.total_params + (self.adapter_params + self.lora_copies if kind in ("lora", "qlora") else 0)
+
 
 @dataclass(frozen=True)
 class Setup:
@@ -181,9 +186,16 @@ def weights_bytes(f: ModelFacts, s: Setup) -> tuple[float, float]:
     if not sh.shards_weights:
         return base + extra + reference, 0.0
     gathered = 2 * f.largest_layer_params * s.weight_bytes
+    if sh.kind == "fsdp":  # FSDP2 keeps the root unit (embeddings, final norm, head) gathered from forward to backward
+        gathered += _root_params(f) * s.weight_bytes
     if sh.offload_params:
         return gathered + extra, base + reference
     return (base + reference) / sh.nproc + gathered + extra, 0.0
+
+
+def _root_params(f: ModelFacts) -> int:
+    """Parameters outside the decoder layers (the unit FSDP2 wraps at the root)."""
+    return max(f.total_params - f.layers * f.largest_layer_params, 0)
 
 
 def optimizer_bytes(f: ModelFacts, s: Setup) -> tuple[float, float, float]:
@@ -200,6 +212,8 @@ def optimizer_bytes(f: ModelFacts, s: Setup) -> tuple[float, float, float]:
     else:
         per = 2 * pb
     grads = n * pb * (2 if sh.kind == "ddp" else 1) / (sh.nproc if sh.shards_grads else 1)
+    if sh.kind == "fsdp" and s.method == "full":  # the root's gradients are whole until its reduce-scatter
+        grads += _root_params(f) * pb * (1 - 1 / sh.nproc)
     states = n * per / (sh.nproc if sh.shards_states else 1)
     return (grads, 0.0, states) if sh.offload_optimizer else (grads, states, 0.0)
 

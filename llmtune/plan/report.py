@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from llmtune.plan.memory import EIGHT_BIT, GIB, Estimate, ModelFacts, Setup, estimate
 from llmtune.schema import Recipe
@@ -31,6 +32,7 @@ class Plan:
     estimate: Estimate
     budget: int | None
     steps: tuple[Step, ...]
+    config_origin: str = ""
 
     @property
     def fits(self) -> bool | None:
@@ -114,16 +116,25 @@ def suggest(f: ModelFacts, s: Setup, budget: int) -> tuple[Step, ...]:
     return tuple(steps)
 
 
-def make_plan(recipe: Recipe, device: str = "gpu", nproc: int | None = None, budget: int | None = None) -> Plan:
-    """Read the model's config, count, estimate and (with a budget that is exceeded) suggest."""
-    from llmtune.plan.inspect import inspect_model, load_model_config
+def make_plan(
+    recipe: Recipe,
+    device: str = "gpu",
+    nproc: int | None = None,
+    budget: int | None = None,
+    config_file: Path | None = None,
+) -> Plan:
+    """Read the model's config (`config_file` overrides where from), count, estimate and (with a budget that is
+    exceeded) suggest."""
+    from llmtune.plan.inspect import inspect_model, read_config
     from llmtune.plan.memory import resolve_setup
+    from llmtune.plan.source import find_config
 
-    facts = inspect_model(load_model_config(recipe), recipe)
+    source = find_config(recipe, config_file)
+    facts = inspect_model(read_config(source, recipe), recipe)
     setup = resolve_setup(recipe, device, nproc)  # type: ignore[arg-type]
     result = estimate(facts, setup)
     steps = suggest(facts, setup, budget) if budget is not None and result.peak > budget else ()
-    return Plan(facts, setup, result, budget, steps)
+    return Plan(facts, setup, result, budget, steps, f"{source.path} ({source.origin})")
 
 
 def gib(n: float) -> str:
@@ -181,12 +192,16 @@ def _rows(plan: Plan) -> list[tuple[str, str, str]]:
 
 def render(plan: Plan, recipe: Recipe) -> None:
     """Print the parameter counts, the memory table, the verdict and the suggestions to stdout."""
+    from rich.markup import escape
     from rich.table import Table
 
     from llmtune.console import stdout
+    from llmtune.modeling import describe_parameters
 
     f, s = plan.facts, plan.setup
     out = stdout()
+    if plan.config_origin:
+        out.print(f"config.json: {escape(plan.config_origin)}")
     out.print(f"[bold]{recipe.model.name_or_path}[/bold]  {f.model_type}: vocab {f.vocab:,}, hidden {f.hidden:,}, "
               f"{f.layers} layers, q/kv width {f.q_dim}/{f.kv_dim}, intermediate {f.intermediate:,}")  # fmt: skip
     gap = (f.total_params - f.rule_of_thumb) / f.rule_of_thumb
@@ -194,8 +209,7 @@ def render(plan: Plan, recipe: Recipe) -> None:
     if f.closed_form is not None:
         out.print(f"            {f.closed_form:,} closed form for LLaMA (llmtune.jobs.init_model.llama_param_count)")
     out.print(f"            {f.rule_of_thumb:,} rule of thumb V·H + 12·H²·L ({gap:+.1%} from exact)")
-    share = f.trainable(s.method) / f.total_params
-    out.print(f"trainable ({s.method}): {f.trainable(s.method):,} ({share:.2%})")
+    out.print(f"{s.method}: {describe_parameters(f.trainable(s.method), f.trained_total(s.method))}")
     tokens = f"{s.rows} x {s.seq_len} tokens" + (" (chosen + rejected)" if s.stage in ("rm", "dpo") else "")
     dtype = "bf16 autocast" if s.autocast else ("bf16" if s.weight_bytes == 2 else "fp32")
     table = Table(title=f"Estimated peak memory per {s.device.upper()} ({dtype}, {tokens}, {s.sharding.label})")

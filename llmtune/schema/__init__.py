@@ -191,8 +191,10 @@ class TrainSpec(Strict):
     """Keep at most this many checkpoints."""
     eval_steps: int | None = Field(None, gt=0)
     """Evaluate every N steps; null evaluates at the end only."""
-    report_to: list[Literal["tensorboard"]] = []
-    """Extra loggers."""
+    report_to: list[Literal["tensorboard", "wandb", "mlflow", "trackio", "swanlab"]] = []
+    """Experiment trackers to log to (each needs its extra, e.g. `pip install 'llmtune[mlflow]'`); the run is
+    named after the output directory. Where they write is their own setting (TensorBoard: DIR/runs; the others:
+    their environment variables, e.g. MLFLOW_TRACKING_URI)."""
     nproc: int = Field(1, gt=0)
     """Processes (GPUs) to train on; above 1 the run is relaunched under `accelerate launch`."""
     accelerate_config: str | None = None

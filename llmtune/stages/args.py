@@ -7,6 +7,7 @@ Every stage builds its TRL config through `build_config(config_cls, common_train
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 from llmtune import console
@@ -72,6 +73,7 @@ def common_training_args(recipe: Recipe) -> dict[str, Any]:
         "eval_strategy": "steps" if has_eval and t.eval_steps else "no",
         "eval_steps": t.eval_steps,
         "report_to": list(t.report_to) or "none",
+        "run_name": Path(recipe.output.dir).name,  # the trackers' name for the run
         "disable_tqdm": not console.live_progress(),
         "dataloader_pin_memory": cuda,
         "use_cpu": not cuda,  # without CUDA, launched processes join a gloo group (llmtune.training.launch)

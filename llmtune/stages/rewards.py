@@ -96,17 +96,14 @@ def load_function(spec: str) -> RewardFn:
 
 def scorer_reward(path: str, endpoint: str | None) -> RewardFn:
     """A reward model as a reward function: prompt + completion scored as `llmtune rm` trained it (chat template)."""
-    from llmtune.infer.score import load_scorer, score
+    from llmtune.infer.score import load_scorer, score_answers
 
     loaded = load_scorer(path, endpoint=endpoint)
 
     def reward(prompts: Sequence[Any], completions: Sequence[Any], **_: Any) -> list:
-        conversations = [
-            (p if isinstance(p, list) else [{"role": "user", "content": p}])
-            + [{"role": "assistant", "content": completion_text(c)}]
-            for p, c in zip(prompts, completions, strict=True)
-        ]
-        return score(loaded.model, loaded.tokenizer, conversations).tolist()
+        chats = [p if isinstance(p, list) else [{"role": "user", "content": p}] for p in prompts]
+        answers = [completion_text(c) for c in completions]
+        return score_answers(loaded.model, loaded.tokenizer, chats, answers).tolist()
 
     return reward
 

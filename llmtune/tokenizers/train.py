@@ -17,6 +17,7 @@ BOS_TOKEN = "<|endoftext|>"
 IM_START_TOKEN = "<|im_start|>"
 EOS_TOKEN = "<|im_end|>"
 PAD_TOKEN = "<|pad|>"
+UNK_TOKEN = "<unk>"
 SPECIAL_TOKENS = (BOS_TOKEN, IM_START_TOKEN, EOS_TOKEN, PAD_TOKEN)
 MIN_VOCAB_SIZE = len(SPECIAL_TOKENS) + 256
 MAX_VOCAB_SIZE = 262_144
@@ -112,12 +113,37 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, max_length: int = 102
     )
 
 
+def train_sentencepiece_bpe(texts: Iterable[str], vocab_size: int, max_length: int = 1024) -> PreTrainedTokenizerFast:
+    """SentencePiece-style BPE (Metaspace "▁" words, as LLaMA 2 and Mistral) with the same specials and template;
+    characters never seen in training become <unk>, unlike byte-level BPE."""
+    from tokenizers.implementations import SentencePieceBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    check_vocab_size(vocab_size)
+    backend = SentencePieceBPETokenizer(unk_token=UNK_TOKEN)
+    backend.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2, show_progress=False,
+                                special_tokens=[*SPECIAL_TOKENS, UNK_TOKEN])  # fmt: skip
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend._tokenizer,
+        bos_token=BOS_TOKEN,
+        eos_token=EOS_TOKEN,
+        pad_token=PAD_TOKEN,
+        unk_token=UNK_TOKEN,
+        extra_special_tokens=[IM_START_TOKEN],
+        chat_template=CHATML_TEMPLATE,
+        model_max_length=max_length,
+        padding_side="right",
+    )
+
+
 def check_tokenizer(tokenizer: PreTrainedTokenizerFast) -> None:
     """Each special token must be one id, and text must survive encode/decode; otherwise chat masks break."""
     for token in SPECIAL_TOKENS:
         ids = tokenizer.encode(token, add_special_tokens=False)
         if len(ids) != 1:
             raise AssertionError(f"Special token {token} encodes to {ids}, not a single id.")
+    if tokenizer.unk_token is not None:  # SentencePiece-style: unseen characters are <unk> by design
+        return
     sample = "Hello, world!\n\n  Ünïcödé 日本語 🙂\tend"
     decoded = tokenizer.decode(tokenizer.encode(sample, add_special_tokens=False))
     if decoded != sample:

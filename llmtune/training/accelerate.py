@@ -12,6 +12,7 @@ from typing import Any, Literal
 import yaml
 
 from llmtune.errors import UserError
+from llmtune.recipe import shipped_file
 from llmtune.schema import Recipe
 
 ShardKind = Literal["none", "ddp", "zero1", "zero2", "zero3", "fsdp"]
@@ -52,11 +53,32 @@ class Sharding:
         return self.kind in ("zero3", "fsdp")
 
 
+def find_accelerate_config(ref: str | Path) -> Path:
+    """An accelerate config given as a path or as a shipped one's name (`accelerate/zero3`, or the checkout's
+    `recipes/accelerate/zero3.yaml` from any directory); a local file wins. A missing one is a UserError."""
+    local = Path(ref)
+    found = local if local.is_file() else shipped_file(str(ref), ".yaml")
+    if found is None:
+        raise UserError(
+            f"train.accelerate_config: {ref} not found, nor a shipped config of that name "
+            "(shipped: accelerate/ddp, accelerate/zero2, accelerate/zero3, accelerate/zero3_offload, accelerate/fsdp2)"
+        )
+    return found
+
+
+def deepspeed_file_args(config_file: Path) -> list[str]:
+    """`--deepspeed_config_file ABS` when the config names a DeepSpeed JSON that is not found from the working
+    directory but lies beside the config (a shipped config used outside a checkout); else nothing."""
+    named = ((read_accelerate_config(config_file).get("deepspeed_config") or {}).get("deepspeed_config_file")) or ""
+    beside = config_file.parent / Path(named).name
+    if not named or Path(named).is_file() or not beside.is_file():
+        return []
+    return ["--deepspeed_config_file", str(beside.resolve())]
+
+
 def read_accelerate_config(path: str | Path) -> dict[str, Any]:
     """The accelerate config file as a mapping; a missing or malformed file is a UserError naming the key."""
-    file = Path(path)
-    if not file.is_file():
-        raise UserError(f"train.accelerate_config: {file} not found (see recipes/accelerate/ for shipped configs)")
+    file = find_accelerate_config(path)
     try:
         data = yaml.safe_load(file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
@@ -91,7 +113,7 @@ def sharding_from_config(path: str | Path | None, nproc: int) -> Sharding:
     config = read_accelerate_config(path)
     kind = str(config.get("distributed_type", "NO")).upper()
     if kind == "DEEPSPEED":
-        stage, off_opt, off_par = _deepspeed_stage(config, Path(path))
+        stage, off_opt, off_par = _deepspeed_stage(config, find_accelerate_config(path))
         names: dict[int, ShardKind] = {0: "ddp", 1: "zero1", 2: "zero2", 3: "zero3"}
         if stage not in names:
             raise UserError(f"train.accelerate_config: {path}: zero_stage must be 0, 1, 2 or 3 (got {stage})")
@@ -129,14 +151,15 @@ def _check_static(recipe: Recipe, sharding: Sharding, config: dict[str, Any], pa
 
 
 def _check_hardware(recipe: Recipe, sharding: Sharding, path: str | None) -> None:
-    """What this machine must have: deepspeed installed, CUDA for DeepSpeed and FSDP, enough GPUs."""
+    """What this machine must have: deepspeed installed, CUDA for DeepSpeed, enough GPUs (FSDP2 also runs on CPU
+    processes over gloo, see llmtune.training.sharded)."""
     from llmtune.errors import require_module
     from llmtune.modeling import has_cuda
 
     if sharding.deepspeed:
         require_module("deepspeed", f"train.accelerate_config: {path} (DeepSpeed)")
     cuda = has_cuda()
-    if (sharding.deepspeed or sharding.kind == "fsdp") and not cuda:
+    if sharding.deepspeed and not cuda:
         raise UserError(f"train.accelerate_config: {path} ({sharding.label}) needs CUDA GPUs; on CPU leave it unset")
     if cuda:
         import torch

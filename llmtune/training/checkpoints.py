@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from llmtune import console
 from llmtune.errors import UserError
+from llmtune.outdir import apply_umask
 
 if TYPE_CHECKING:
     from transformers import Trainer
@@ -180,6 +181,7 @@ def install(trainer: Trainer, out: Path, keep: int | None) -> None:
             original(model, trial)
             trainer.accelerator.wait_for_everyone()
             if main:
+                apply_umask(path)  # safetensors writes the weights 0600
                 seal(path)
         if main:
             rotate(out, keep, protect=trainer.state.best_model_checkpoint)

@@ -66,17 +66,21 @@ def launch_argv(command: str, recipe_args: list[str], recipe: Recipe, options: L
     if options.num_machines > 1 or options.main_process_port:
         argv += ["--main_process_port", str(options.main_process_port or DEFAULT_PORT)]
     if recipe.train.accelerate_config:
-        argv += ["--config_file", recipe.train.accelerate_config]
+        from llmtune.training.accelerate import deepspeed_file_args, find_accelerate_config
+
+        config_file = find_accelerate_config(recipe.train.accelerate_config)
+        argv += ["--config_file", str(config_file), *deepspeed_file_args(config_file)]
     else:
         argv += ["--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no"]
-        if not has_cuda():
-            argv += ["--monitor_interval", "0.5"]
+    if not has_cuda():
+        argv += ["--monitor_interval", "0.5"]
     verbosity = {console.QUIET: ["-q"], console.VERBOSE: ["-v"]}.get(console.verbosity(), [])
     return [*argv, "-m", "llmtune", *verbosity, command, *recipe_args]
 
 
 def child_env() -> dict[str, str]:
-    """The launched processes' environment: on a machine without CUDA, CPU processes talking over gloo."""
+    """The launched processes' environment: on a machine without CUDA, CPU processes talking over gloo (with an
+    FSDP config they shard over it, see llmtune.training.sharded)."""
     from llmtune.modeling import has_cuda
 
     env = dict(os.environ)

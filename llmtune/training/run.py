@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 from llmtune import console
 from llmtune.modeling import check_method, count_parameters
+from llmtune.outdir import apply_umask
 from llmtune.schema import Recipe
 from llmtune.stages.args import common_training_args
-from llmtune.training import checkpoints
+from llmtune.training import checkpoints, sharded
 from llmtune.training.callbacks import line_printer, metrics_logger, progress_printer
 from llmtune.training.rundir import (
     check_output_dir,
@@ -63,16 +64,35 @@ def save_final(trainer: Trainer, out: Path) -> None:
     tmp = out / ".final-tmp"
     if trainer.is_world_process_zero():
         shutil.rmtree(tmp, ignore_errors=True)
-    trainer.save_model(str(tmp))
+    sharded.save_model(trainer, tmp)
     if not trainer.is_world_process_zero():
         return
     (tmp / "training_args.bin").unlink(missing_ok=True)
+    apply_umask(tmp)  # safetensors writes the weights 0600
     for item in tmp.iterdir():
         target = out / item.name
         if target.is_dir():
             shutil.rmtree(target)
         os.replace(item, target)
     tmp.rmdir()
+
+
+CAUSAL_STAGES = ("pt", "sft", "dpo")
+
+
+def write_stops(trainer: Trainer, recipe: Recipe, out: Path) -> None:
+    """A causal run's generation_config.json stops at the chat template's end-of-turn token too (so the run, its
+    merged export and its GGUF stop where a turn ends); after sft, warn if greedy answers to a few training prompts
+    do not stop within 32 tokens."""
+    from llmtune.infer.generate import check_stops, set_stop_ids
+    from llmtune.infer.prompts import sample_prompts
+
+    model, tokenizer = trainer.model, trainer.processing_class
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    set_stop_ids(base, tokenizer)
+    base.generation_config.save_pretrained(out)
+    if recipe.stage == "sft":
+        check_stops(model, tokenizer, sample_prompts(recipe), f"the {recipe.stage} run")
 
 
 def _last(history: list[dict], key: str) -> float | None:
@@ -139,14 +159,13 @@ def run(recipe: Recipe, *, resume: bool = False) -> RunResult:
     console.info(f"{recipe.stage}: writing the run to {out}", markup=False)
     console.quiet_libraries()
 
-    from accelerate import PartialState
     from transformers import set_seed
 
     from llmtune.stages import get_stage
 
-    state = PartialState()
+    state = sharded.process_state()
     set_seed(recipe.train.seed)
-    trainer = get_stage(recipe.stage).build(recipe, common_training_args(recipe))
+    trainer = get_stage(recipe.stage).build(recipe, sharded.trainer_args(common_training_args(recipe)))
     logger = _attach(trainer, recipe, out, state.num_processes)
     checkpoints.install(trainer, out, recipe.train.save_total_limit)
     state.wait_for_everyone()  # every process has checked the dir before the main one moves old contents aside
@@ -160,7 +179,20 @@ def run(recipe: Recipe, *, resume: bool = False) -> RunResult:
         state.wait_for_everyone()
         output, runtime = _train(trainer, out, checkpoint)
         result = _result(recipe, trainer, output, runtime, logger, state.num_processes)
+        if state.is_main_process and recipe.stage in CAUSAL_STAGES:
+            write_stops(trainer, recipe, out)
         if state.is_main_process:
             summary = {**result.summary(), "versions": library_versions()}
             (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+            _draw_curves(out)
     return result
+
+
+def _draw_curves(out: Path) -> None:
+    """DIR/curves.png; a plotting failure is a warning, never a failed run."""
+    try:
+        from llmtune.report.curves import write_run_curves
+
+        write_run_curves(out)
+    except Exception as exc:  # the run is trained and saved; a picture must not undo that
+        console.warn(f"could not draw {out / 'curves.png'}: {type(exc).__name__}: {exc}")
