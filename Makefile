@@ -38,7 +38,9 @@ bench: install
 	$(BIN)/python -m bench.run_all $(BENCH_ARGS)
 
 # The pipeline on the built-in data, CPU only: a tiny base -> pt -> sft -> dpo, each recipe reading the previous
-# run's output dir; then a reward model on the sft model and best-of-N data from it. Re-running replaces the runs.
+# run's output dir; then a reward model on the sft model and best-of-N data from it; then GRPO from the sft run with
+# that reward model as its reward, compared with the sft run (reward-model score, exact match). Re-running replaces
+# the runs.
 DEMO_SET := --set output.overwrite=true
 demo: install
 	test -f data/builtin/eval_mc.jsonl || $(BIN)/llmtune synth-data data/builtin --overwrite
@@ -62,6 +64,10 @@ demo: install
 	$(BIN)/llmtune eval --model runs/demo/pt --compare runs/demo/sft --data data/builtin/eval_mc.jsonl \
 		--shots 5 --dev data/builtin/dev_mc.jsonl
 	$(BIN)/llmtune report runs/demo/pt runs/demo/sft runs/demo/dpo runs/demo/rm --out runs/demo/report.html
+	$(BIN)/llmtune grpo --recipe recipes/demo/grpo.yaml $(DEMO_SET)
+	@echo "== after SFT vs after GRPO (reward: the demo reward model + exact match), on held-out prompts =="
+	$(BIN)/llmtune eval --model runs/demo/sft --compare runs/demo/grpo --data data/builtin/eval_messages.jsonl \
+		--max-samples 64 --max-new-tokens 16 --reward runs/demo/rm --show 4
 
 clean:
 	rm -rf runs/demo data/builtin .cache/llmtune

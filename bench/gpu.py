@@ -86,7 +86,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--peak-tflops", type=float, help="dense bf16 peak of the device, if not detected")
     p.add_argument("--work", type=Path, default=WORK / "gpu", help="model dirs, data and runs")
     p.add_argument("--dry-run", action="store_true", help="CPU, tiny shape, 5 steps of 128 tokens: checks the path")
+    p.add_argument("--grpo", choices=["on", "off"], default="on", help="also a GRPO (LoRA) row per shape")
     p.add_argument("--variant", help=argparse.SUPPRESS)  # internal: run one variant (JSON) in this process
+    p.add_argument("--grpo-shape", help=argparse.SUPPRESS)  # internal: run the GRPO row of one shape
     p.add_argument("--write-model", help=argparse.SUPPRESS)  # internal: write one shape's model dir
     args = p.parse_args(argv)
     if args.dry_run:
@@ -233,6 +235,52 @@ def run_variant(v: Variant, work: Path, peak_tflops: float | None) -> dict[str, 
     }  # fmt: skip
 
 
+def run_grpo(shape: str, work: Path, steps: int) -> dict[str, Any]:
+    """llmtune grpo (LoRA, 8 prompts x 4 samples of up to 128 tokens a step, a length reward, beta 0.04) through
+    llmtune.stages.grpo: steady step time, the share of it spent generating, completion tokens/s, peak memory."""
+    import time
+
+    import torch
+
+    from bench.trl_grpo import time_generate
+    from llmtune import console
+    from llmtune.schema import Recipe
+    from llmtune.stages import grpo
+    from llmtune.stages.args import common_training_args
+
+    console.set_verbosity(console.QUIET)
+    gen_clock = work / "runs" / f"{shape}-grpo.generate"
+    gen_clock.parent.mkdir(parents=True, exist_ok=True)
+    gen_clock.unlink(missing_ok=True)
+    time_generate(str(gen_clock))
+    data = write_jsonl(work / "prompts.jsonl", [{"prompt": f"Write about the number {i}."} for i in range(256)])
+    recipe = Recipe.model_validate({
+        "stage": "grpo", "model": {"name_or_path": str(work / f"model-{shape}")}, "method": {"kind": "lora"},
+        "data": {"train": [{"path": str(data)}], "cache_dir": str(work / "cache")},
+        "train": {"max_steps": steps, "batch_size": 32, "lr": 1e-5, "logging_steps": 10_000, "save_steps": 100_000},
+        "rl": {"num_generations": 4, "max_new_tokens": 128, "rewards": [{"length": [0, 200]}]},
+        "output": {"dir": str(work / "runs" / f"{shape}-grpo"), "overwrite": True},
+    })  # fmt: skip
+    trainer = grpo.build(recipe, common_training_args(recipe))
+    cuda = torch.cuda.is_available()
+    ends: list[float] = []
+    trainer.add_callback(_EndTimes(ends, cuda))
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    trainer.train()
+    steady = step_durations(ends, first=3)
+    generated = [float(x) for x in gen_clock.read_text().split()][2:]
+    lengths = [row["completions/mean_length"] for row in trainer.state.log_history if "completions/mean_length" in row]
+    mean_len = lengths[-1] if lengths else float("nan")
+    return {
+        "variant": f"{shape}-grpo-lora", "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "step_s": sum(steady) / len(steady), "generate_share": sum(generated) / sum(steady),
+        "tokens_s": 32 * mean_len / (sum(steady) / len(steady)), "mfu": None, "matmul_params": matmul_params(
+            trainer.model.config), "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+        "at": time.time(),
+    }  # fmt: skip
+
+
 def _EndTimes(ends: list[float], cuda: bool) -> Any:  # noqa: N802 - a TrainerCallback instance factory
     import time
 
@@ -258,9 +306,10 @@ def skip_reason(v: Variant) -> str | None:
     return None
 
 
-def run_child(v: Variant, args: argparse.Namespace) -> dict[str, Any]:
-    """One variant in its own process (clean peak-memory counters; an OOM ends only that variant)."""
-    argv = [sys.executable, "-m", "bench.gpu", "--variant", json.dumps(asdict(v)), "--work", str(args.work)]
+def run_child(v: Variant | str, args: argparse.Namespace) -> dict[str, Any]:
+    """One variant (or a shape's GRPO row) in its own process (clean peak-memory counters; an OOM ends only it)."""
+    what = ["--grpo-shape", v] if isinstance(v, str) else ["--variant", json.dumps(asdict(v))]
+    argv = [sys.executable, "-m", "bench.gpu", *what, "--work", str(args.work), "--steps", str(args.steps)]
     if args.peak_tflops:
         argv += ["--peak-tflops", str(args.peak_tflops)]
     proc = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
@@ -268,7 +317,8 @@ def run_child(v: Variant, args: argparse.Namespace) -> dict[str, Any]:
         if line.startswith(RESULT):
             return json.loads(line[len(RESULT) :])
     oom = "OutOfMemoryError" in proc.stderr or "CUDA out of memory" in proc.stderr
-    return {"variant": v.name, "error": "out of memory" if oom else f"exit {proc.returncode}: {proc.stderr[-600:]}"}
+    name = f"{v}-grpo-lora" if isinstance(v, str) else v.name
+    return {"variant": name, "error": "out of memory" if oom else f"exit {proc.returncode}: {proc.stderr[-600:]}"}
 
 
 def fmt(row: dict[str, Any]) -> str:
@@ -276,7 +326,10 @@ def fmt(row: dict[str, Any]) -> str:
         return f"  {row['variant']:28s} {row.get('skipped') or row['error']}"
     mfu = f"{100 * row['mfu']:5.1f}%" if row.get("mfu") is not None else "  n/a"
     mem = f"{row['peak_mem_gib']:6.1f}" if row.get("peak_mem_gib") is not None else "   n/a"
-    return f"  {row['variant']:28s} {row['tokens_s']:10,.0f} {mfu:>7s} {mem:>9s}   N={row['matmul_params'] / 1e6:,.1f}M"
+    line = f"  {row['variant']:28s} {row['tokens_s']:10,.0f} {mfu:>7s} {mem:>9s}   N={row['matmul_params'] / 1e6:,.1f}M"
+    if "generate_share" in row:  # a GRPO row: tokens/s counts generated tokens
+        line += f"   step {row['step_s']:.2f}s, {100 * row['generate_share']:.0f}% generating"
+    return line
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -284,6 +337,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.variant:
         v = Variant(**json.loads(args.variant))
         print(RESULT + json.dumps(run_variant(v, args.work, args.peak_tflops)), flush=True)
+        return
+    if args.grpo_shape:
+        print(RESULT + json.dumps(run_grpo(args.grpo_shape, args.work, args.steps)), flush=True)
         return
     if args.write_model:
         write_model(args.write_model, args.work)
@@ -306,6 +362,10 @@ def main(argv: list[str] | None = None) -> None:
         if "device" in row and not any("device" in r for r in results):
             peak = peak_flops(row["device"], args.peak_tflops) if row["device"] != "cpu" else None
             print(f"  device: {row['device']}; dense bf16 peak {f'{peak / 1e12:.0f} TFLOP/s' if peak else 'unknown'}")
+        results.append(row)
+        print(fmt(row), flush=True)
+    for shape in args.shapes.split(",") if args.grpo == "on" else []:
+        row = run_child(shape, args)
         results.append(row)
         print(fmt(row), flush=True)
     print("\n".join(f"  anchor: {a}" for a in ANCHORS))

@@ -48,6 +48,10 @@ def attach_clock(path: str, count_tokens: bool = False) -> None:
 def main() -> None:
     clock, *argv = sys.argv[1:]
     attach_clock(clock, count_tokens=os.environ.get("BENCH_COUNT_TOKENS") == "1")
+    if os.environ.get("BENCH_GEN_CLOCK"):
+        from bench.trl_grpo import time_generate
+
+        time_generate(os.environ["BENCH_GEN_CLOCK"])
     from llmtune.cli import main as cli
 
     sys.argv = ["llmtune", *argv]

@@ -23,12 +23,14 @@ SUITE: list[tuple[str, str, list[str]]] = [
     ("packing", "bench.packing", []),
     ("tokenize_cache", "bench.tokenize_cache", []),
     ("clean", "bench.clean", []),
+    ("grpo_overhead", "bench.grpo_overhead", []),
 ]
 QUICK: dict[str, list[str]] = {
     "sft_overhead": ["--models", "tiny", "--repeats", "1", "--steps", "8"],
     "packing": ["--model", "tiny", "--rows", "64", "--repeats", "1"],
     "tokenize_cache": ["--rows", "2000", "--repeats", "1"],
     "clean": ["--rows", "2000", "--planted", "400"],
+    "grpo_overhead": ["--repeats", "1", "--steps", "6"],
 }
 
 

@@ -17,7 +17,7 @@ INTRO = """\
 
 A recipe is one YAML file that picks the stage, model, data, method and hyper-parameters of a run.
 Unknown keys are refused (with a "did you mean"), values are type-checked, and every error names the
-file and line. This page is generated from `llmtune/schema.py` by `python -m llmtune.docgen`.
+file and line. This page is generated from `llmtune/schema/` by `python -m llmtune.docgen`.
 
 - `extends: ../base/sft.yaml` — optional, first key: deep-merges this file over another (relative to this
   file). Mappings merge key by key; lists and values replace. Cycles and missing files are errors.

@@ -265,14 +265,16 @@ def _validate(loaded: _Loaded, root: type[M], origin: str) -> M:
 def dump_recipe(recipe: Recipe) -> str:
     """The fully resolved recipe as YAML, defaults included: what `recipe show` prints and runs save.
 
-    Sections that do not apply (the dpo block outside stage dpo, method blocks of other kinds) are left out.
+    Sections that do not apply (the dpo, kto and rl blocks outside their stages, method blocks of other kinds) are
+    left out.
     """
     data = recipe.model_dump(mode="json")
     kind = recipe.method.kind
     unused = {"lora": kind in ("full", "freeze"), "freeze": kind != "freeze", "qlora": kind != "qlora"}
     data["method"] = {k: v for k, v in data["method"].items() if not unused.get(k)}
-    if recipe.stage != "dpo":
-        data.pop("dpo")
+    for block, stages in (("dpo", ("dpo",)), ("kto", ("kto",)), ("rl", ("grpo", "rloo"))):
+        if recipe.stage not in stages:
+            data.pop(block)
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 
 

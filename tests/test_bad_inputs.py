@@ -290,7 +290,50 @@ CLI_CASES = [
 ]  # fmt: skip
 
 
-CASES = RECIPE_CASES + DATA_CASES + CLI_CASES
+GRPO = "grpo --recipe {dir}/recipe.yaml"
+RL = {"stage": "grpo", "train": {"batch_size": 4}, "rl": {"num_generations": 2, "rewards": [{"length": [1, 8]}]}}
+
+
+def rl_case(name: str, expect: tuple[str, ...], argv: str = GRPO, files: dict | None = None, **sections: Any) -> Case:
+    """A grpo/rloo/kto/dpo case: RL over BASE, each section given replacing RL's (None: left out)."""
+    recipe = {key: value for key, value in {**RL, **sections}.items() if value is not None}
+    return Case(name, argv, expect, recipe=recipe, files=files or {})
+
+
+RL_CASES = [
+    rl_case("grpo-no-prompts", ("format 'text'", "trains on prompt rows", "formats: prompt, alpaca"),
+            data={"train": [{"path": "{data}/text.jsonl"}]}),
+    rl_case("grpo-no-rewards", ("stage grpo needs rl.rewards",), rl={"num_generations": 2}),
+    rl_case("grpo-reward-model-not-a-classifier", ("rl.rewards[0].reward_model", "is a causal LM, not a reward model"),
+            rl={"num_generations": 2, "rewards": [{"reward_model": "{model}"}]}),
+    rl_case("grpo-unknown-reward", ("unknown key", "accuracy"), rl={"rewards": [{"accuracy": "exact"}]}),
+    rl_case("grpo-unknown-match", ("rl.rewards.0.match", "'exact' or 'contains'"),
+            rl={"rewards": [{"match": "exactly"}]}),
+    rl_case("grpo-two-rewards-in-one", ("sets exactly one of", "regex, length"),
+            rl={"rewards": [{"regex": "^a", "length": [1, 2]}]}),
+    rl_case("grpo-bad-regex", ("regex '(' does not compile",), rl={"rewards": [{"regex": "("}]}),
+    rl_case("grpo-code-not-allowed", ("runs Python code", "rl.allow_code: true"),
+            rl={"rewards": [{"function": "{dir}/r.py:f"}]}, files={"r.py": "def f(completions, **kw): return 1\n"}),
+    rl_case("grpo-code-file-missing", ("rl.rewards[0].function", "nope.py does not exist"),
+            rl={"allow_code": True, "num_generations": 2, "rewards": [{"function": "{dir}/nope.py:f"}]}),
+    rl_case("grpo-group-does-not-fit", ("train.batch_size x train.grad_accum (4)",
+            "multiple of rl.num_generations (3)"),
+            rl={"num_generations": 3, "rewards": [{"length": [1, 8]}]}),
+    rl_case("grpo-match-without-answers", ("rl.rewards[0].match", "no training row has a reference answer"),
+            rl={"num_generations": 2, "rewards": [{"match": "exact"}]}, data={"train": [{"path": "{dir}/p.jsonl"}]},
+            files={"p.jsonl": jsonl({"prompt": "Add 1 and 2."})}),
+    rl_case("rl-block-on-dpo", ("the rl block is set but stage is 'dpo'", "grpo or rloo"),
+            argv="dpo --recipe {dir}/recipe.yaml", stage="dpo"),
+    rl_case("kto-batch-of-one", ("train.batch_size must be 2 or more for kto",), argv="kto --recipe {dir}/recipe.yaml",
+            stage="kto", rl=None, train={"batch_size": 1}, data={"train": [{"path": "{data}/preference.jsonl"}]}),
+    rl_case("dpo-loss-weights-mismatch", ("dpo.loss_weights has 1 weights for 2 losses",),
+            argv="dpo --recipe {dir}/recipe.yaml", stage="dpo", rl=None,
+            dpo={"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0]}),
+    rl_case("dpo-unknown-loss", ("dpo.loss_type", "'sigmoid_norm'", "'ppo'"), argv="dpo --recipe {dir}/recipe.yaml",
+            stage="dpo", rl=None, dpo={"loss_type": "ppo"}),
+]  # fmt: skip
+
+CASES = RECIPE_CASES + DATA_CASES + CLI_CASES + RL_CASES
 EARLIER_RUN = {
     "recipe.yaml": b"# an earlier run\nstage: sft\n",
     "metrics.jsonl": b'{"step": 1, "loss": 2.5}\n',

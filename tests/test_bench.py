@@ -110,13 +110,16 @@ def test_gpu_dry_run_trains_through_llmtune_on_the_cpu(tmp_path) -> None:
     proc = subprocess.run([*argv, "--work", str(work)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {row["variant"]: row for row in json.loads((work / "results.json").read_text())}
-    assert set(rows) == {"tiny-lora-padded", "tiny-lora-packed", "tiny-lora-padded-liger", "tiny-lora-packed-liger"}
+    assert set(rows) == {"tiny-lora-padded", "tiny-lora-packed", "tiny-lora-padded-liger", "tiny-lora-packed-liger",
+                         "tiny-grpo-lora"}  # fmt: skip
     for name in ("tiny-lora-padded", "tiny-lora-packed"):
         assert rows[name]["tokens_s"] > 0 and rows[name]["mfu"] is None and rows[name]["k"] == 4
         assert (work / "runs" / f"{name}.clock.tokens").is_file()
     liger = rows["tiny-lora-packed-liger"]
     assert liger.get("tokens_s", 0) > 0 or "liger_kernel is not installed" in liger["skipped"]
     assert "anchor: torchtune" in proc.stdout
+    grpo = rows["tiny-grpo-lora"]  # the GRPO row: llmtune grpo's step time and its share spent generating
+    assert grpo["step_s"] > 0 and 0 < grpo["generate_share"] < 1 and grpo["tokens_s"] > 0
 
 
 def test_summary_marks_misses() -> None:
@@ -126,3 +129,12 @@ def test_summary_marks_misses() -> None:
     ]}, {"bench": "y", "rows": [], "error": "exit 1"}]  # fmt: skip
     text = summary(results)
     assert "MISS" in text and "1.200" in text and "FAILED" in text
+
+
+def test_the_trl_grpo_baseline_rewards_as_llmtune_does() -> None:
+    """bench/grpo_overhead.py compares like with like: the plain script's reward is llmtune's `length: [0, 20]`."""
+    from bench.trl_grpo import length_band
+    from llmtune.stages.rewards import length_reward
+
+    completions = [[{"role": "assistant", "content": "x" * n}] for n in (0, 5, 20, 21, 30, 40, 60)]
+    assert length_band(completions) == length_reward((0, 20))(completions=completions)

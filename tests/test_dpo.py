@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import math
+import typing
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from safetensors.torch import load_file
 from llmtune.errors import UserError
 from llmtune.eval.measure import preference_metrics, sequence_logprobs
 from llmtune.recipe import load_recipe
+from llmtune.schema.align import DpoLoss
 from llmtune.stages import dpo
 from llmtune.stages.args import common_training_args
 from llmtune.training.run import run
@@ -192,3 +194,16 @@ def test_explicit_reference_is_a_frozen_model_and_an_adapter_is_refused(
     bad = load_recipe(dpo_recipe(tiny_recipe, preference_data_dir, LORA, 8, dpo={"reference": str(tiny_sft_adapter)}))
     with pytest.raises(UserError, match="is an adapter, not a model"):
         dpo.build(bad, common_training_args(bad))
+
+
+@pytest.mark.parametrize("loss", [*typing.get_args(DpoLoss), ["sigmoid", "sft"]], ids=str)
+def test_every_dpo_loss_of_trl_runs_a_step(loss, tiny_recipe, preference_data_dir) -> None:
+    """Each loss TRL 1.16's DPOTrainer implements, and a weighted sum (DPO + an SFT term, as in RPO), trains a step."""
+    dpo_block = {"loss_type": loss, "label_smoothing": 0.001 if loss == "exo_pair" else 0.0}
+    if isinstance(loss, list):
+        dpo_block["loss_weights"] = [1.0, 0.5]
+    train = {"max_steps": 1, "batch_size": 4}
+    recipe = load_recipe(dpo_recipe(tiny_recipe, preference_data_dir, LORA, 8, train=train, dpo=dpo_block))
+    result = run(recipe)
+    assert result.steps == 1 and math.isfinite(result.final_loss)
+    assert result.trainer.loss_types == recipe.dpo.losses

@@ -98,6 +98,9 @@ def eval_cmd(
     show: Annotated[
         int, typer.Option("--show", metavar="N", min=0, help="Print N prompts with the expected and generated answers.")
     ] = 0,
+    reward: Annotated[
+        Optional[str], typer.Option("--reward", metavar="RM", help="Score the generated answers with a reward model.")
+    ] = None,
     dtype: DtypeOpt = "auto",
     endpoint: EndpointOpt = None,
     shots: ShotsOpt = None,
@@ -123,6 +126,9 @@ def eval_cmd(
     specs = job.plan_specs(*model_args(model, adapter), list(compare or []), resolved)
     decode = DecodeOptions(max_new_tokens=max_new_tokens)
     options = job.EvalOptions(batch_size, context, generate, decode, dtype, endpoint, mc_score)
+    if reward and not (rows.kind == "chat" and generate):
+        raise UserError("--reward scores generated answers: give chat data (with answers to generate) and --generate")
+    options.reward = reward
     if harness:
         from llmtune.eval.harness import parse_tasks
 

@@ -1,5 +1,5 @@
-"""The training commands `llmtune pt | sft | rm | dpo`: one signature, one body; more than one process goes
-through accelerate launch (llmtune.training.launch). And `llmtune report`, a page comparing finished runs."""
+"""The training commands `llmtune pt | sft | rm | dpo | kto | grpo | rloo`: one signature, one body; more than one
+process goes through accelerate launch (llmtune.training.launch). And `llmtune report`, a page comparing runs."""
 
 from __future__ import annotations
 
@@ -66,11 +66,14 @@ TRAINING_COMMANDS = {
     "pt": "Continued pretraining on plain text (every token trained, packed by default).",
     "rm": "Train a reward model (a scalar head on the base) on preference pairs: chosen must outscore rejected.",
     "dpo": "Direct preference optimisation against a frozen reference (the starting model unless dpo.reference).",
+    "kto": "KTO on unpaired rows (prompt, completion, label true/false); preference pairs are split into such rows.",
+    "grpo": "Online RL (GRPO): sample completions, score them with rl.rewards, learn from each group's advantages.",
+    "rloo": "Online RL (RLOO): like grpo, with each completion's baseline the mean reward of the others.",
 }
 
 
 def _training_command(stage: str, summary: str) -> Callable[..., None]:
-    """The four training commands share one signature; each checks that the recipe's stage matches it."""
+    """The training commands share one signature; each checks that the recipe's stage matches it."""
 
     def command(
         recipe: RecipeOpt,

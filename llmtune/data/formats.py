@@ -7,6 +7,8 @@ Canonical shapes:
   text        {"text": str}
   preference  {"prompt": [messages ending with a user turn], "chosen": [assistant messages], "rejected": [...]}
               (TRL's conversational preference format).
+  prompt      {"prompt": [messages ending with a user turn], "answer": str | None} (online RL: grpo, rloo)
+  kto         {"prompt": [...], "completion": [assistant messages], "label": bool} (TRL's unpaired format)
 
 Role names: `messages` rows use system/user/assistant (developer is read as system); `sharegpt` rows map
 human/user -> user, gpt/assistant/bot/model -> assistant, system -> system. `ranked` rows become one pair per
@@ -25,7 +27,7 @@ IGNORE = -100
 """The label of a token the loss skips (prompt, padding): torch's and transformers' ignore_index."""
 Messages = list[dict[str, str]]
 
-CHAT, TEXT, PREFERENCE = "chat", "text", "preference"
+CHAT, TEXT, PREFERENCE, PROMPT, KTO = "chat", "text", "preference", "prompt", "kto"
 MESSAGE_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 SHAREGPT_ROLES = {
     "system": "system",
@@ -213,6 +215,19 @@ def _ranked(row: Row) -> list[Row]:
     return [_pair(prompt, answers[best], answers[i]) for i in worse]
 
 
+def _prompt_row(row: Row) -> list[Row]:
+    answer = row.get("answer")
+    return [{"prompt": _prompt(_field(row, "prompt")), "answer": None if answer is None else _string(answer, "answer")}]
+
+
+def _kto(row: Row) -> list[Row]:
+    label = _field(row, "label")
+    if not isinstance(label, bool):
+        raise RowError(f"label must be true (desirable) or false (undesirable), not {label!r}")
+    completion = _completion(_field(row, "completion"), "completion")
+    return [{"prompt": _prompt(_field(row, "prompt")), "completion": completion, "label": label}]
+
+
 CONVERTERS: dict[str, Callable[[Row], list[Row]]] = {
     "alpaca": _alpaca,
     "sharegpt": _sharegpt,
@@ -220,6 +235,8 @@ CONVERTERS: dict[str, Callable[[Row], list[Row]]] = {
     "text": _text,
     "preference": _preference,
     "ranked": _ranked,
+    "prompt": _prompt_row,
+    "kto": _kto,
 }
 KIND_OF_FORMAT = {
     "alpaca": CHAT,
@@ -228,15 +245,19 @@ KIND_OF_FORMAT = {
     "text": TEXT,
     "preference": PREFERENCE,
     "ranked": PREFERENCE,
+    "prompt": PROMPT,
+    "kto": KTO,
 }
 # Checked in order: the first format whose columns are all present wins.
 DETECT_BY_COLUMNS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("ranked", ("responses", "scores")),
     ("preference", ("chosen", "rejected")),
+    ("kto", ("prompt", "completion", "label")),
     ("messages", ("messages",)),
     ("sharegpt", ("conversations",)),
     ("alpaca", ("instruction", "output")),
     ("text", ("text",)),
+    ("prompt", ("prompt",)),
 )
 
 

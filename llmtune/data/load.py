@@ -17,7 +17,9 @@ from llmtune import console
 from llmtune.data.formats import (
     CHAT,
     KIND_OF_FORMAT,
+    KTO,
     PREFERENCE,
+    PROMPT,
     TEXT,
     Row,
     RowError,
@@ -27,17 +29,28 @@ from llmtune.data.formats import (
     detect_format,
 )
 from llmtune.data.readers import read_raw, resolve_path
+from llmtune.data.reshape import reshape
 from llmtune.errors import UserError
-from llmtune.schema import DataSource, Recipe
+from llmtune.schema import FORMATS_OF_STAGE, DataSource, Recipe
 
 if TYPE_CHECKING:
     import datasets
 
-KIND_OF_STAGE = {"pt": TEXT, "sft": CHAT, "rm": PREFERENCE, "dpo": PREFERENCE}
+KIND_OF_STAGE = {
+    "pt": TEXT,
+    "sft": CHAT,
+    "rm": PREFERENCE,
+    "dpo": PREFERENCE,
+    "kto": KTO,
+    "grpo": PROMPT,
+    "rloo": PROMPT,
+}
 FORMATS_OF_KIND = {
-    TEXT: ("text",),
-    CHAT: ("alpaca", "sharegpt", "messages", "text"),
-    PREFERENCE: ("preference", "ranked"),
+    TEXT: FORMATS_OF_STAGE["pt"],
+    CHAT: FORMATS_OF_STAGE["sft"],
+    PREFERENCE: FORMATS_OF_STAGE["rm"],
+    KTO: FORMATS_OF_STAGE["kto"],
+    PROMPT: FORMATS_OF_STAGE["grpo"],
 }
 SHOWN_REASONS = 3
 
@@ -69,7 +82,8 @@ class Splits:
 
 
 def stage_kind(stage: str) -> str:
-    """The kind of rows a stage trains on: text (pt), chat (sft; text rows allowed too) or preference (rm, dpo)."""
+    """The kind of rows a stage trains on: text (pt), chat (sft; text rows too), preference (rm, dpo), kto rows (kto;
+    pairs split) or prompts (grpo, rloo; the prompts of chat rows and pairs, with their answers)."""
     return KIND_OF_STAGE[stage]
 
 
@@ -128,7 +142,7 @@ def read_source(
                 raise raw
             if not report.format and isinstance(raw, dict):
                 report.format = _source_format(src, raw, where, kind)
-            converted = convert(report.format, raw, src.columns)
+            converted = reshape(convert(report.format, raw, src.columns), KIND_OF_FORMAT[report.format], kind)
         except RowError as exc:
             hint = _format_hint(src, raw, report.format, kind)
             if bad_rows == "error":

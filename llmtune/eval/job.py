@@ -1,10 +1,9 @@
 """`llmtune eval` as a job: read the eval data (a file or a recipe's eval split), evaluate one or several models on
 it one at a time, print one table with a column per model and write the numbers as JSON.
 
-Which numbers depends on the rows: text -> perplexity, bits per char/byte; chat -> perplexity on the trained tokens
-and generation metrics (exact match, ROUGE-L) on the last assistant turn; preference pairs -> reward accuracy and
-margin (a reward model) or log-prob and implicit DPO accuracy (a policy, against its base or --reference); exam
-questions -> accuracy (llmtune.eval.exams). lm-evaluation-harness tasks (--harness) add their own numbers.
+Which numbers depends on the rows: text -> perplexity, bits per char/byte; chat -> perplexity on the trained tokens,
+exact match, ROUGE-L (and a --reward model's score) of generated answers; preference pairs -> reward or implicit DPO
+accuracy; exams -> accuracy (llmtune.eval.exams); lm-evaluation-harness tasks (--harness) add their own numbers.
 """
 
 from __future__ import annotations
@@ -20,6 +19,7 @@ from llmtune.data.formats import Row
 from llmtune.errors import UserError
 from llmtune.infer.generate import DecodeOptions
 from llmtune.infer.load import Loaded, load_for_inference
+from llmtune.infer.score import generated_reward, load_scorer
 
 if TYPE_CHECKING:
     from llmtune.schema import Recipe
@@ -52,6 +52,7 @@ class EvalOptions:
     harness: list[str] = field(default_factory=list)
     harness_include: str | None = None
     shots: int | None = None
+    reward: str | None = None  # a reward model scoring the generated answers (chat data): the `reward` column
 
 
 @dataclass
@@ -221,6 +222,7 @@ def run_eval(
 ) -> list[Result]:
     """Evaluate each (model, adapter) spec in turn, loading one model (plus the reference) at a time."""
     ref = load_for_inference(reference, dtype=options.dtype, endpoint=options.endpoint) if reference else None
+    scorer = load_scorer(options.reward, endpoint=options.endpoint) if options.reward else None
     results = []
     try:
         for model, adapter in specs:
@@ -228,10 +230,13 @@ def run_eval(
             console.info(f"evaluating {loaded.label}", markup=False)
             try:
                 results.append(evaluate_loaded(loaded, data, options, ref))
+                if scorer is not None:
+                    results[-1].metrics["reward"] = generated_reward(scorer, data.rows, results[-1].generations)
             finally:
                 _free(loaded)
     finally:
         _free(ref)
+        _free(scorer)
     return results
 
 

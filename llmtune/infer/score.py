@@ -16,15 +16,46 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
-def load_scorer(path: str | Path, device: str | None = None) -> Loaded:
-    """A reward model from an `llmtune rm` output dir (a full model, or an adapter saved with its head), eval mode."""
+def load_scorer(path: str | Path, device: str | None = None, endpoint: str | None = None) -> Loaded:
+    """A reward model from an `llmtune rm` output dir (a full model, or an adapter saved with its head), or any
+    sequence-classification model dir or Hub id, in eval mode."""
     from trl.trainer.reward_trainer import suppress_seqcls_warning
 
     with suppress_seqcls_warning():
-        loaded = load_for_inference(str(path), device=device)
+        loaded = load_for_inference(str(path), device=device, endpoint=endpoint)
     if loaded.head != "sequence_classification":
         raise UserError(f"reward model: {path} is a causal LM, not a reward model (the output dir of `llmtune rm`)")
     return loaded
+
+
+def check_scorer(name: str, endpoint: str | None = None, what: str = "reward model") -> None:
+    """Refuse a reward model that is not a sequence classifier from its files alone, before any model is loaded."""
+    from llmtune.hub.local import resolve_dir
+    from llmtune.infer.load import _adapter_base, _head, run_recipe, split_spec
+
+    base, adapter = split_spec(name, None)
+    if base is None:
+        base = _adapter_base(adapter, run_recipe(adapter))
+    model_dir = resolve_dir(base, "main", endpoint, what)
+    if _head(model_dir, adapter) != "sequence_classification":
+        raise UserError(
+            f"{what}: {name} is a causal LM, not a reward model; give the output dir of `llmtune rm` or a "
+            "sequence-classification model (config.json architectures ...ForSequenceClassification)"
+        )
+
+
+def score_answers(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Messages], answers: Sequence[str]
+) -> torch.Tensor:
+    """One reward per answer, each scored after its own prompt as an assistant turn (grpo and eval --reward)."""
+    convs = [[*p, {"role": "assistant", "content": a}] for p, a in zip(prompts, answers, strict=True)]
+    return score(model, tokenizer, convs)
+
+
+def generated_reward(scorer: Loaded, chats: Sequence[dict], generations: Sequence[str]) -> float:
+    """The mean score of answers generated for chat rows (each in place of the row's last answer)."""
+    prompts = [row["messages"][:-1] for row in chats if row.get("messages")]
+    return float(score_answers(scorer.model, scorer.tokenizer, prompts, generations).mean())
 
 
 def score(

@@ -15,6 +15,9 @@ STAGES: dict[str, str] = {
     "sft": "llmtune.stages.sft",
     "rm": "llmtune.stages.rm",
     "dpo": "llmtune.stages.dpo",
+    "kto": "llmtune.stages.kto",
+    "grpo": "llmtune.stages.grpo",
+    "rloo": "llmtune.stages.grpo",
 }
 
 

@@ -1,4 +1,6 @@
-"""Stage dpo: direct preference optimisation with TRL's DPOTrainer, against a frozen reference.
+"""Stage dpo: direct preference optimisation with TRL's DPOTrainer, against a frozen reference; dpo.loss_type picks
+any loss of TRL's DPO family (ipo, hinge, robust, bco_pair, sppo_hard, nca_pair, apo_zero, apo_down, discopop, ...)
+or a weighted sum of several.
 
 The reference, lean first:
   lora/qlora, new adapter      the base with the adapter switched off (no second copy of the weights)
@@ -31,7 +33,7 @@ REF_ADAPTER = "ref"  # the name TRL gives the frozen copy of a loaded adapter
 
 def build(recipe: Recipe, args_common: dict[str, Any]) -> DPOTrainer:
     """A DPOTrainer for the recipe: policy with the method applied, the lean reference (see the module doc)."""
-    from trl import DPOConfig
+    from trl import DPOConfig, DPOTrainer
 
     from llmtune.data.load import load_splits
     from llmtune.modeling import (
@@ -60,12 +62,13 @@ def build(recipe: Recipe, args_common: dict[str, Any]) -> DPOTrainer:
         DPOConfig,
         args_common,
         beta=recipe.dpo.beta,
-        loss_type=[recipe.dpo.loss_type],
+        loss_type=recipe.dpo.losses,
+        loss_weights=recipe.dpo.loss_weights,
+        label_smoothing=recipe.dpo.label_smoothing,
         max_length=recipe.data.max_length,
         precompute_ref_log_probs=not adapters and ref_model is None,
     )
-    trainer_cls = _trainer_class()
-    trainer = trainer_cls(
+    trainer = without_ref_adapter(DPOTrainer)(
         model=model,
         ref_model=ref_model,
         args=config,
@@ -96,14 +99,13 @@ def load_reference(recipe: Recipe) -> PreTrainedModel:
     return model.eval()
 
 
-def _trainer_class() -> type:
-    from trl import DPOTrainer
+def without_ref_adapter(trainer_cls: type) -> type:
+    """`trainer_cls` saving only the trained adapter: TRL's frozen "ref" copy is rebuilt from model.adapter."""
 
-    class LlmtuneDPOTrainer(DPOTrainer):
-        """DPOTrainer that saves only the trained adapter: the frozen reference copy is rebuilt from model.adapter."""
-
+    class Trainer(trainer_cls):
         def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
             super()._save(output_dir, state_dict)
             shutil.rmtree(Path(output_dir or self.args.output_dir) / REF_ADAPTER, ignore_errors=True)
 
-    return LlmtuneDPOTrainer
+    Trainer.__name__ = Trainer.__qualname__ = f"Llmtune{trainer_cls.__name__}"
+    return Trainer

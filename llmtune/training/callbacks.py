@@ -47,7 +47,18 @@ def metrics_logger(path: Path) -> Any:
     return MetricsLogger()
 
 
-_SHOWN = ("loss", "eval_loss", "grad_norm", "learning_rate", "mean_token_accuracy", "rewards/accuracies")
+_SHOWN = (
+    "loss",
+    "eval_loss",
+    "grad_norm",
+    "learning_rate",
+    "mean_token_accuracy",
+    "rewards/accuracies",
+    "reward",
+    "kl",
+)
+# TRL's online-RL names -> the progress line's: total reward, each reward's mean, completion length, clipped share
+_RENAMED = {"learning_rate": "lr", "completions/mean_length": "len", "completions/clipped_ratio": "clipped"}
 
 
 def progress_printer() -> Any:
@@ -76,6 +87,15 @@ def line_printer() -> Any:
     return LinePrinter()
 
 
+def _short(key: str) -> str | None:
+    """The name a logged key gets in the progress line (rewards/exact/mean -> exact), None when not shown."""
+    if key in _RENAMED:
+        return _RENAMED[key]
+    if key.startswith("rewards/") and key.endswith("/mean"):
+        return key[len("rewards/") : -len("/mean")]
+    return key if key in _SHOWN else None
+
+
 def _log_line(state: Any, logs: dict[str, Any]) -> str | None:
-    shown = [f"{k.replace('learning_rate', 'lr')} {v:.4g}" for k, v in logs.items() if k in _SHOWN]
+    shown = [f"{_short(k)} {v:.4g}" for k, v in logs.items() if _short(k) and isinstance(v, (int, float))]
     return f"step {state.global_step}/{state.max_steps}  " + "  ".join(shown) if shown else None

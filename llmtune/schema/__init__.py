@@ -1,7 +1,8 @@
 """THE recipe schema: pydantic models with unknown keys refused.
 
 Each field's docstring is its documentation: docs/recipes.md is generated from these models
-(`python -m llmtune.docgen`). Cross-field rules live next to the block they concern.
+(`python -m llmtune.docgen`). Cross-field rules live next to the block they concern. The alignment sections
+(dpo, kto, rl) live in `llmtune.schema.align`.
 """
 
 from __future__ import annotations
@@ -9,11 +10,25 @@ from __future__ import annotations
 import typing
 from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
-Stage = Literal["pt", "sft", "rm", "dpo"]
-DataFormat = Literal["alpaca", "sharegpt", "messages", "text", "preference", "ranked"]
+from llmtune.schema.align import DpoSpec, KtoSpec, RlSpec
+from llmtune.schema.base import Strict
+
+Stage = Literal["pt", "sft", "rm", "dpo", "kto", "grpo", "rloo"]
+DataFormat = Literal["alpaca", "sharegpt", "messages", "text", "preference", "ranked", "prompt", "kto"]
+CHAT_FORMATS = ("alpaca", "sharegpt", "messages")
 PREFERENCE_FORMATS = ("preference", "ranked")
+FORMATS_OF_STAGE: dict[str, tuple[str, ...]] = {
+    "pt": ("text",),
+    "sft": (*CHAT_FORMATS, "text"),
+    "rm": PREFERENCE_FORMATS,
+    "dpo": PREFERENCE_FORMATS,
+    "kto": ("kto", *PREFERENCE_FORMATS),
+    "grpo": ("prompt", *CHAT_FORMATS, *PREFERENCE_FORMATS),
+    "rloo": ("prompt", *CHAT_FORMATS, *PREFERENCE_FORMATS),
+}
+"""The row formats each stage reads (kto splits pairs into rows; grpo/rloo take the prompts of chat and pairs)."""
 
 
 def nested_model(annotation: Any) -> type[BaseModel] | None:
@@ -25,10 +40,6 @@ def nested_model(annotation: Any) -> type[BaseModel] | None:
         if found is not None:
             return found
     return None
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_default=True)
 
 
 class ModelSpec(Strict):
@@ -192,15 +203,6 @@ class TrainSpec(Strict):
     """Escape hatch: extra keyword arguments for TRL's config (SFTConfig, DPOConfig, ...), passed as is."""
 
 
-class DpoSpec(Strict):
-    beta: float = Field(0.1, gt=0)
-    """Strength of the KL penalty towards the reference: higher keeps the policy closer."""
-    loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = "sigmoid"
-    """DPO loss variant."""
-    reference: str | None = None
-    """An explicit reference model; null uses the starting model (with LoRA: the base with adapters off)."""
-
-
 class HubSpec(Strict):
     endpoint: str | None = None
     """Hub or mirror URL; HF_ENDPOINT in the environment wins over it, --endpoint wins over both."""
@@ -229,7 +231,8 @@ class Recipe(Strict):
     description: str = ""
     """One line shown by `llmtune recipe list`."""
     stage: Stage
-    """pt: continued pretraining; sft: supervised fine-tuning; rm: reward model; dpo: preference optimisation."""
+    """pt: continued pretraining; sft: supervised fine-tuning; rm: reward model; dpo (and its loss family) and kto:
+    offline preference optimisation; grpo, rloo: online RL against rewards (a reward model and/or checks)."""
     model: ModelSpec
     """The model to start from."""
     method: MethodSpec = MethodSpec()
@@ -240,6 +243,10 @@ class Recipe(Strict):
     """Optimisation, checkpoints, logging and processes."""
     dpo: DpoSpec = DpoSpec()
     """DPO settings (stage dpo only)."""
+    kto: KtoSpec = KtoSpec()
+    """KTO settings (stage kto only)."""
+    rl: RlSpec = RlSpec()
+    """Online RL settings: rewards, sampling, KL (stages grpo and rloo only)."""
     hub: HubSpec = HubSpec()
     """Where Hub ids (models, datasets) are fetched from."""
     output: OutputSpec
@@ -249,18 +256,18 @@ class Recipe(Strict):
     def _formats_fit_stage(self) -> Recipe:
         for group in ("train", "eval"):
             for i, src in enumerate(getattr(self.data, group)):
-                fmt = src.format
-                if fmt is None:
-                    continue
-                wants_pairs = self.stage in ("rm", "dpo")
-                if wants_pairs != (fmt in PREFERENCE_FORMATS):
-                    allowed = "preference, ranked" if wants_pairs else "alpaca, sharegpt, messages, text"
+                allowed = FORMATS_OF_STAGE[self.stage]
+                if src.format is not None and src.format not in allowed:
                     raise ValueError(
-                        f"data.{group}[{i}].format is {fmt!r}, which stage {self.stage!r} cannot train on "
-                        f"(allowed: {allowed})"
+                        f"data.{group}[{i}].format is {src.format!r}, which stage {self.stage!r} cannot train on "
+                        f"(allowed: {', '.join(allowed)})"
                     )
-        if "dpo" in self.model_fields_set and self.stage != "dpo":
-            raise ValueError(f"the dpo block is set but stage is {self.stage!r}; remove it or use stage: dpo")
+        for block, stages in (("dpo", ("dpo",)), ("kto", ("kto",)), ("rl", ("grpo", "rloo"))):
+            if block in self.model_fields_set and self.stage not in stages:
+                use = " or ".join(stages)
+                raise ValueError(f"the {block} block is set but stage is {self.stage!r}; remove it or use stage: {use}")
+        if self.stage in ("grpo", "rloo"):
+            self.rl.check_for_stage(self.stage, self.train.batch_size * self.train.grad_accum)
         return self
 
     @property

@@ -1,0 +1,175 @@
+"""Online RL (grpo, rloo) through TRL's real trainers on the tiny model: GRPO from the SFT run raises a learnable
+reward on held-out prompts, a reward model trained by `llmtune rm` works as a reward, rloo and QLoRA run, the
+reference is the starting model without a second copy, runs resume, and reward code needs its opt-in."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+
+from llmtune.errors import UserError
+from llmtune.recipe import load_recipe
+from llmtune.training.run import run
+
+LORA = {"kind": "lora", "lora": {"r": 4, "alpha": 8, "dropout": 0.0}}
+BAND = (0, 20)
+SEEDS = [int(s) for s in os.environ.get("LLMTUNE_RL_SEEDS", "0").split(",")]
+
+
+def rl_recipe(tiny_recipe, data: Path, rewards: list[dict], stage: str = "grpo", **sections) -> Path:
+    rl = {"num_generations": 4, "max_new_tokens": 16, "rewards": rewards, **sections.pop("rl", {})}
+    train = {"max_steps": 2, "batch_size": 8, "lr": 3e-3, **sections.pop("train", {})}
+    source = [{"path": str(data / "sft_messages.jsonl")}]
+    return tiny_recipe(stage=stage, method=sections.pop("method", LORA), source=source, rl=rl, train=train, **sections)
+
+
+def metrics(run_dir: str | Path) -> list[dict]:
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def heldout_length_reward(run_dir: Path, data: Path, seed: int) -> float:
+    """Mean length-band reward of 8 sampled completions (temperature 1) for each of 48 held-out prompts."""
+    from llmtune.data.load import read_rows
+    from llmtune.infer.generate import DecodeOptions, generate
+    from llmtune.infer.load import load_for_inference
+    from llmtune.schema import DataSource
+    from llmtune.stages.rewards import length_reward
+
+    rows = read_rows([DataSource(path=str(data / "eval_messages.jsonl"), max_samples=48)], kind="prompt").train
+    loaded = load_for_inference(str(run_dir))
+    options = DecodeOptions(max_new_tokens=16, temperature=1.0, num_return_sequences=8, seed=seed)
+    outputs = [text for group in generate(loaded.model, loaded.tokenizer, [r["prompt"] for r in rows], options)
+               for text in group]  # fmt: skip
+    rewards = length_reward(BAND)(completions=outputs)
+    return sum(rewards) / len(rewards)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_grpo_from_the_sft_run_raises_the_heldout_reward(
+    seed, tiny_recipe, tiny_data_dir, preference_data_dir, tiny_sft_adapter
+) -> None:
+    """GRPO, 40 steps (lr 5e-3) from the SFT adapter, reward: a length band of 0-20 characters. The tiny model,
+    nearly random after 8 SFT steps, cannot learn exact answers in a few CPU steps (exact match stays 0); it can learn
+    to stop earlier and to prefer short tokens. Held-out mean reward before -> after, measured over train seeds 0-3:
+    0.61->0.83, 0.65->0.72, 0.61->0.68, 0.67->0.64: three seeds gain +0.06 to +0.23, seed 3 loses 0.03 (at lr 3e-3
+    and 30 steps: +0.22 and -0.03 on seeds 0 and 1; at lr 1e-2 one seed in three diverged). So the gain is not
+    guaranteed for every seed at this size: the test runs seed 0 (LLMTUNE_RL_SEEDS=0,1,2,3 runs the others) and asks
+    for +0.03, well inside its measured +0.22."""
+    path = rl_recipe(tiny_recipe, tiny_data_dir, [{"length": list(BAND)}], model={"adapter": str(tiny_sft_adapter)},
+                     train={"max_steps": 40, "lr": 5e-3, "seed": seed, "logging_steps": 5})  # fmt: skip
+    result = run(load_recipe(path))
+    before = heldout_length_reward(tiny_sft_adapter, preference_data_dir, 100 + seed)
+    after = heldout_length_reward(Path(result.output_dir), preference_data_dir, 100 + seed)
+    print(f"seed {seed}: held-out length reward {before:.3f} -> {after:.3f}")
+    assert after >= before + 0.03, (before, after)
+    rows = metrics(result.output_dir)
+    for key in ("reward", "reward_std", "rewards/length/mean", "rewards/length/std", "kl", "completions/mean_length",
+                "completions/clipped_ratio"):  # fmt: skip
+        assert all(key in row for row in rows if "loss" in row), key
+
+
+def test_a_reward_model_scores_completions_and_the_sft_adapter_is_the_reference(
+    tiny_recipe, tiny_data_dir, preference_data_dir, tiny_sft_adapter
+) -> None:
+    import torch
+
+    from llmtune.infer.score import load_scorer, score
+    from llmtune.stages import dpo
+
+    rm_path = tiny_recipe(stage="rm", method=LORA, source=[{"path": str(preference_data_dir / "preference.jsonl"),
+                          "max_samples": 16}], train={"max_steps": 2}, name="rm")  # fmt: skip
+    rm_dir = run(load_recipe(rm_path)).output_dir
+    rewards = [{"reward_model": rm_dir, "name": "rm"}, {"match": "exact", "weight": 0.5}]
+    path = rl_recipe(tiny_recipe, tiny_data_dir, rewards, model={"adapter": str(tiny_sft_adapter)})
+    result = run(load_recipe(path))
+    trainer = result.trainer
+    assert trainer.ref_model is None and set(trainer.model.peft_config) == {"default", dpo.REF_ADAPTER}
+    assert not (Path(result.output_dir) / dpo.REF_ADAPTER).exists()
+    assert trainer.reward_weights.tolist() == [1.0, 0.5]
+    rows = [r for r in metrics(result.output_dir) if "loss" in r]
+    assert all("rewards/rm/mean" in r and "rewards/exact/mean" in r for r in rows)
+    # the reward function is the scorer itself: the same numbers as `llmtune eval --model RM` would give
+    fn = trainer.reward_funcs[0]
+    prompts, completions = [[{"role": "user", "content": "Add 2 and 3."}]], [[{"role": "assistant", "content": "5"}]]
+    scorer = load_scorer(rm_dir)
+    expected = score(scorer.model, scorer.tokenizer, [prompts[0] + completions[0]])
+    assert torch.allclose(torch.tensor(fn(prompts=prompts, completions=completions)), expected, atol=1e-5)
+    # `llmtune eval --reward RM` (make demo's before/after): the reward model's mean score of the generated answers
+    from llmtune.eval import job
+    from llmtune.infer.generate import DecodeOptions
+
+    data = job.read_eval_file(str(tiny_data_dir / "eval_messages.jsonl"), None, 4, None)
+    options = job.EvalOptions(decode=DecodeOptions(max_new_tokens=8), reward=rm_dir)
+    (found,) = job.run_eval([(None, result.output_dir)], data, options)
+    assert math.isfinite(found.metrics["reward"]) and "exact_match" in found.metrics
+
+
+def test_rloo_on_qlora_runs_with_the_adapter_off_base_as_reference(tiny_recipe, tiny_data_dir) -> None:
+    method = {**LORA, "kind": "qlora", "qlora": {"compute_dtype": "float32"}}
+    path = rl_recipe(tiny_recipe, tiny_data_dir, [{"regex": r"^\S+$"}, {"length": [1, 8]}], stage="rloo",
+                     method=method)  # fmt: skip
+    result = run(load_recipe(path))
+    assert type(result.trainer).__name__ == "LlmtuneRLOOTrainer" and result.steps == 2
+    assert result.trainer.ref_model is None and list(result.trainer.model.peft_config) == ["default"]
+    assert any(type(p).__name__ == "Params4bit" for p in result.trainer.model.parameters())
+    rows = [r for r in metrics(result.output_dir) if "loss" in r]
+    assert rows and all(math.isfinite(r["loss"]) and "rewards/regex/mean" in r and "kl" in r for r in rows)
+
+
+def test_grpo_resumes_from_its_checkpoint(tiny_recipe, tiny_data_dir) -> None:
+    path = rl_recipe(tiny_recipe, tiny_data_dir, [{"length": [0, 20]}], train={"save_steps": 2}, rl={"beta": 0.0})
+    first = run(load_recipe(path))
+    assert first.trainer.ref_model is None and (Path(first.output_dir) / "checkpoint-2").is_dir()
+    resumed = run(load_recipe(path, ["train.max_steps=4"]), resume=True)
+    assert resumed.steps == 4
+    assert [r["step"] for r in metrics(resumed.output_dir) if "loss" in r] == [1, 2, 3, 4]
+    assert all("kl" not in r for r in metrics(resumed.output_dir))  # beta 0: no reference, no KL term
+
+
+def test_reward_code_needs_the_opt_in_and_then_runs(tiny_recipe, tiny_data_dir, tmp_path) -> None:
+    code = tmp_path / "my_rewards.py"
+    code.write_text("def short(completions, **kw):\n    return [1.0 if len(c[0]['content']) < 10 else 0.0"
+                    " for c in completions]\n")  # fmt: skip
+    rewards = [{"function": f"{code}:short"}]
+    with pytest.raises(UserError, match="set rl.allow_code: true"):
+        load_recipe(rl_recipe(tiny_recipe, tiny_data_dir, rewards))
+    result = run(load_recipe(rl_recipe(tiny_recipe, tiny_data_dir, rewards, rl={"allow_code": True})))
+    assert all("rewards/short/mean" in r for r in metrics(result.output_dir) if "loss" in r)
+
+
+def test_prompts_come_from_chat_preference_and_prompt_rows(tmp_path) -> None:
+    from llmtune.data.load import read_rows
+    from llmtune.schema import DataSource
+
+    files = {
+        "p.jsonl": [{"prompt": "Add 1 and 2.", "answer": "3"}, {"prompt": [{"role": "user", "content": "Hi"}]}],
+        "c.jsonl": [{"messages": [{"role": "user", "content": "Add 1 and 2."}, {"role": "assistant", "content": "3"}]}],
+        "r.jsonl": [{"prompt": "Add 1 and 2.", "responses": ["3", "4", "5"], "scores": [2, 1, 0]}],
+    }
+    for name, rows in files.items():
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    got = [read_rows([DataSource(path=str(tmp_path / n))], kind="prompt").train for n in files]
+    user = [{"role": "user", "content": "Add 1 and 2."}]
+    assert sorted((r["answer"] or "") for r in got[0]) == ["", "3"]
+    assert [(r["prompt"], r["answer"]) for r in got[1]] == [(user, "3")]
+    assert [(r["prompt"], r["answer"]) for r in got[2]] == [(user, "3")]  # one prompt per ranked row, not per pair
+    kto = read_rows([DataSource(path=str(tmp_path / "r.jsonl"))], kind="kto").train
+    assert sorted((r["completion"][0]["content"], r["label"]) for r in kto) == [("3", True), ("4", False),
+                                                                             ("5", False)]  # fmt: skip
+
+
+def test_sampling_stops_at_the_end_of_turn(tiny_model_dir) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llmtune.data.templates import end_of_turn_ids
+    from llmtune.stages.grpo import stop_on_end_of_turn
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    model.generation_config.eos_token_id = 0  # a model whose config stops only on another token
+    stop_on_end_of_turn(model, tokenizer)
+    assert end_of_turn_ids(tokenizer, tokenizer.chat_template)[-1] in model.generation_config.eos_token_id
