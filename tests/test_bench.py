@@ -38,9 +38,10 @@ def test_trl_baseline_sees_the_same_batches_as_llmtune(tmp_path, tiny_model_dir,
     theirs_args, our_args = trl.args.to_dict(), ours.args.to_dict()
     differ = {k for k in theirs_args.keys() | our_args.keys() if theirs_args.get(k) != our_args.get(k)}
     # none of these changes a training step: TRL's masking option and dataset kwargs only steer its own tokenizing
-    # (llmtune tokenizes beforehand, to the same labels), epochs are overridden by max_steps, no save falls in the run
+    # (llmtune tokenizes beforehand, to the same labels), epochs are overridden by max_steps, no save falls in the run;
+    # the run name only labels trackers, and bars are drawn only on a terminal
     harmless = {"assistant_only_loss", "dataset_kwargs", "num_train_epochs", "output_dir", "per_device_eval_batch_size",
-                "save_steps", "save_strategy"}  # fmt: skip
+                "save_steps", "save_strategy", "run_name", "disable_tqdm"}  # fmt: skip
     assert differ <= harmless, differ - harmless
     assert trl.data_collator == ours.data_collator
     assert trl.model.peft_config["default"].to_dict() == ours.model.peft_config["default"].to_dict()
