@@ -11,9 +11,16 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-Stage = Literal["pt", "sft", "rm", "dpo"]
-DataFormat = Literal["alpaca", "sharegpt", "messages", "text", "preference", "ranked"]
+Stage = Literal["pt", "sft", "rm", "dpo", "cls"]
+DataFormat = Literal["alpaca", "sharegpt", "messages", "text", "preference", "ranked", "cls"]
 PREFERENCE_FORMATS = ("preference", "ranked")
+FORMATS_OF_STAGE = {
+    "rm": PREFERENCE_FORMATS,
+    "dpo": PREFERENCE_FORMATS,
+    "cls": ("cls",),
+    "pt": ("alpaca", "sharegpt", "messages", "text"),
+    "sft": ("alpaca", "sharegpt", "messages", "text"),
+}
 
 
 def nested_model(annotation: Any) -> type[BaseModel] | None:
@@ -229,7 +236,8 @@ class Recipe(Strict):
     description: str = ""
     """One line shown by `llmtune recipe list`."""
     stage: Stage
-    """pt: continued pretraining; sft: supervised fine-tuning; rm: reward model; dpo: preference optimisation."""
+    """pt: continued pretraining; sft: supervised fine-tuning; rm: reward model; dpo: preference optimisation;
+    cls: sequence classification (a label per text)."""
     model: ModelSpec
     """The model to start from."""
     method: MethodSpec = MethodSpec()
@@ -252,12 +260,11 @@ class Recipe(Strict):
                 fmt = src.format
                 if fmt is None:
                     continue
-                wants_pairs = self.stage in ("rm", "dpo")
-                if wants_pairs != (fmt in PREFERENCE_FORMATS):
-                    allowed = "preference, ranked" if wants_pairs else "alpaca, sharegpt, messages, text"
+                allowed = FORMATS_OF_STAGE[self.stage]
+                if fmt not in allowed:
                     raise ValueError(
                         f"data.{group}[{i}].format is {fmt!r}, which stage {self.stage!r} cannot train on "
-                        f"(allowed: {allowed})"
+                        f"(allowed: {', '.join(allowed)})"
                     )
         if "dpo" in self.model_fields_set and self.stage != "dpo":
             raise ValueError(f"the dpo block is set but stage is {self.stage!r}; remove it or use stage: dpo")

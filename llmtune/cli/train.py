@@ -1,4 +1,4 @@
-"""The training commands `llmtune pt | sft | rm | dpo`: one signature, one body; more than one process goes
+"""The training commands `llmtune pt | sft | rm | dpo | cls`: one signature, one body; more than one process goes
 through accelerate launch (llmtune.training.launch). And `llmtune report`, a page comparing finished runs."""
 
 from __future__ import annotations
@@ -66,11 +66,12 @@ TRAINING_COMMANDS = {
     "pt": "Continued pretraining on plain text (every token trained, packed by default).",
     "rm": "Train a reward model (a scalar head on the base) on preference pairs: chosen must outscore rejected.",
     "dpo": "Direct preference optimisation against a frozen reference (the starting model unless dpo.reference).",
+    "cls": "Train a text classifier (a label head on the base) on text/label rows; accuracy and macro F1 on eval.",
 }
 
 
 def _training_command(stage: str, summary: str) -> Callable[..., None]:
-    """The four training commands share one signature; each checks that the recipe's stage matches it."""
+    """The training commands share one signature; each checks that the recipe's stage matches it."""
 
     def command(
         recipe: RecipeOpt,

@@ -7,6 +7,7 @@ Canonical shapes:
   text        {"text": str}
   preference  {"prompt": [messages ending with a user turn], "chosen": [assistant messages], "rejected": [...]}
               (TRL's conversational preference format).
+  cls         {"text": str, "label": str} (an integer label becomes its decimal string).
 
 Role names: `messages` rows use system/user/assistant (developer is read as system); `sharegpt` rows map
 human/user -> user, gpt/assistant/bot/model -> assistant, system -> system. `ranked` rows become one pair per
@@ -25,7 +26,7 @@ IGNORE = -100
 """The label of a token the loss skips (prompt, padding): torch's and transformers' ignore_index."""
 Messages = list[dict[str, str]]
 
-CHAT, TEXT, PREFERENCE = "chat", "text", "preference"
+CHAT, TEXT, PREFERENCE, CLS = "chat", "text", "preference", "cls"
 MESSAGE_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 SHAREGPT_ROLES = {
     "system": "system",
@@ -213,6 +214,15 @@ def _ranked(row: Row) -> list[Row]:
     return [_pair(prompt, answers[best], answers[i]) for i in worse]
 
 
+def _cls(row: Row) -> list[Row]:
+    label = _field(row, "label")
+    if isinstance(label, bool) or not isinstance(label, (str, int)):
+        raise RowError(f"label must be a string or an integer, not {type(label).__name__} ({label!r})")
+    if not str(label).strip():
+        raise RowError("label is empty")
+    return [{"text": _string(_field(row, "text"), "text"), "label": str(label).strip()}]
+
+
 CONVERTERS: dict[str, Callable[[Row], list[Row]]] = {
     "alpaca": _alpaca,
     "sharegpt": _sharegpt,
@@ -220,6 +230,7 @@ CONVERTERS: dict[str, Callable[[Row], list[Row]]] = {
     "text": _text,
     "preference": _preference,
     "ranked": _ranked,
+    "cls": _cls,
 }
 KIND_OF_FORMAT = {
     "alpaca": CHAT,
@@ -228,6 +239,7 @@ KIND_OF_FORMAT = {
     "text": TEXT,
     "preference": PREFERENCE,
     "ranked": PREFERENCE,
+    "cls": CLS,
 }
 # Checked in order: the first format whose columns are all present wins.
 DETECT_BY_COLUMNS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -236,6 +248,7 @@ DETECT_BY_COLUMNS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("messages", ("messages",)),
     ("sharegpt", ("conversations",)),
     ("alpaca", ("instruction", "output")),
+    ("cls", ("text", "label")),
     ("text", ("text",)),
 )
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from llmtune import console
 from llmtune.data.formats import (
     CHAT,
+    CLS,
     KIND_OF_FORMAT,
     PREFERENCE,
     TEXT,
@@ -33,11 +34,12 @@ from llmtune.schema import DataSource, Recipe
 if TYPE_CHECKING:
     import datasets
 
-KIND_OF_STAGE = {"pt": TEXT, "sft": CHAT, "rm": PREFERENCE, "dpo": PREFERENCE}
+KIND_OF_STAGE = {"pt": TEXT, "sft": CHAT, "rm": PREFERENCE, "dpo": PREFERENCE, "cls": CLS}
 FORMATS_OF_KIND = {
     TEXT: ("text",),
     CHAT: ("alpaca", "sharegpt", "messages", "text"),
     PREFERENCE: ("preference", "ranked"),
+    CLS: ("cls",),
 }
 SHOWN_REASONS = 3
 
@@ -69,7 +71,8 @@ class Splits:
 
 
 def stage_kind(stage: str) -> str:
-    """The kind of rows a stage trains on: text (pt), chat (sft; text rows allowed too) or preference (rm, dpo)."""
+    """The kind of rows a stage trains on: text (pt), chat (sft; text rows allowed too), preference (rm, dpo) or
+    labelled texts (cls)."""
     return KIND_OF_STAGE[stage]
 
 
@@ -256,6 +259,7 @@ def load_rows(
 
 
 def load_splits(recipe: Recipe) -> tuple[datasets.Dataset, datasets.Dataset | None]:
-    """(train, eval) canonical rows for a recipe; the stage decides the kind (pt text, sft chat, rm/dpo preference)."""
+    """(train, eval) canonical rows for a recipe; the stage decides the kind (pt text, sft chat, rm/dpo preference,
+    cls labelled texts)."""
     splits = read_splits(recipe)
     return to_dataset(splits.train), to_dataset(splits.eval) if splits.eval is not None else None

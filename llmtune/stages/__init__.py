@@ -15,6 +15,7 @@ STAGES: dict[str, str] = {
     "sft": "llmtune.stages.sft",
     "rm": "llmtune.stages.rm",
     "dpo": "llmtune.stages.dpo",
+    "cls": "llmtune.stages.cls",
 }
 
 
