@@ -38,7 +38,10 @@ def build(recipe: Recipe, args_common: dict[str, Any]) -> Trainer:
     id2label, label2id = label_maps(names)
     train_ids = tokenize(train, tokenizer, label2id, recipe.data.max_length)
     eval_ids = tokenize(evals, tokenizer, label2id, recipe.data.max_length) if evals is not None else None
-    model = load_model(recipe, head="sequence_classification", num_labels=len(names))
+    from trl.trainer.reward_trainer import suppress_seqcls_warning
+
+    with suppress_seqcls_warning():  # the new head and the unused lm_head are expected, not news
+        model = load_model(recipe, head="sequence_classification", num_labels=len(names))
     model.config.id2label, model.config.label2id = id2label, label2id
     model.config.pad_token_id = tokenizer.pad_token_id
     model = apply_scorer_method(model, recipe)
