@@ -4,8 +4,8 @@ it one at a time, print one table with a column per model and write the numbers 
 Which numbers depends on the rows: text -> perplexity, bits per char/byte; chat -> perplexity on the trained tokens
 and generation metrics (exact match, ROUGE-L) on the last assistant turn; preference pairs -> reward accuracy and
 margin (a reward model) or log-prob and implicit DPO accuracy (a policy, against its base or --reference); exam
-questions -> accuracy (llmtune.eval.exams); labelled texts -> a classifier's accuracy and macro F1. lm-evaluation-harness
-tasks (--harness) add their own numbers.
+questions -> accuracy (llmtune.eval.exams); labelled texts -> a classifier's accuracy and macro F1. lm-evaluation-
+harness tasks (--harness) add their own numbers.
 """
 
 from __future__ import annotations
