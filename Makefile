@@ -39,11 +39,11 @@ bench: install
 
 # The pipeline on the built-in data, CPU only: a tiny base -> pt -> sft -> dpo, each recipe reading the previous
 # run's output dir; then a reward model on the sft model and best-of-N data from it; then GRPO from the sft run with
-# that reward model as its reward, compared with the sft run (reward-model score, exact match). Re-running replaces
-# the runs.
+# that reward model as its reward, compared with the sft run (reward-model score, exact match); and a topic classifier
+# on the base. Re-running replaces the runs.
 DEMO_SET := --set output.overwrite=true
 demo: install
-	test -f data/builtin/eval_mc.jsonl || $(BIN)/llmtune synth-data data/builtin --overwrite
+	test -f data/builtin/eval_cls.jsonl || $(BIN)/llmtune synth-data data/builtin --overwrite
 	test -d runs/demo/base || $(BIN)/llmtune init-model runs/demo/base --preset tiny
 	$(BIN)/llmtune pt --recipe recipes/demo/pt.yaml $(DEMO_SET)
 	$(BIN)/llmtune sft --recipe recipes/demo/sft-lora.yaml $(DEMO_SET)
@@ -63,6 +63,10 @@ demo: install
 	@echo "== an exam (MMLU prompt and scoring, 5-shot per subject): base vs SFT =="
 	$(BIN)/llmtune eval --model runs/demo/pt --compare runs/demo/sft --data data/builtin/eval_mc.jsonl \
 		--shots 5 --dev data/builtin/dev_mc.jsonl
+	@echo "== a topic classifier (LoRA, 3 labels) on the base: held-out accuracy, then a few predictions =="
+	$(BIN)/llmtune cls --recipe recipes/demo/cls.yaml $(DEMO_SET)
+	$(BIN)/llmtune eval --model runs/demo/cls --data data/builtin/eval_cls.jsonl
+	$(BIN)/llmtune predict --model runs/demo/cls --data data/builtin/eval_cls.jsonl --max-samples 5
 	$(BIN)/llmtune report runs/demo/pt runs/demo/sft runs/demo/dpo runs/demo/rm --out runs/demo/report.html
 	$(BIN)/llmtune grpo --recipe recipes/demo/grpo.yaml $(DEMO_SET)
 	@echo "== after SFT vs after GRPO (reward: the demo reward model + exact match), on held-out prompts =="

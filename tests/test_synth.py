@@ -30,12 +30,14 @@ KEYS = {
     "preference_chat.jsonl": {"prompt", "chosen", "rejected"},
     "ranked.jsonl": {"prompt", "responses", "scores"},
     "text.jsonl": {"text"},
+    "cls.jsonl": {"text", "label"},
     "eval_messages.jsonl": {"messages", "answer"},
     "eval_alpaca.jsonl": {"instruction", "input", "output"},
     "eval_preference.jsonl": {"prompt", "chosen", "rejected"},
     "eval_text.jsonl": {"text"},
     "eval_mc.jsonl": {"question", "subject", "choices", "answer"},
     "dev_mc.jsonl": {"question", "subject", "choices", "answer"},
+    "eval_cls.jsonl": {"text", "label"},
 }
 
 
@@ -118,6 +120,18 @@ def test_preferences_differ_and_ranked_puts_correct_answer_first(data_dir: Path)
         assert len(row["responses"]) == len(set(row["responses"])) == len(row["scores"]) == 3
         best = row["responses"][row["scores"].index(max(row["scores"]))]
         assert (row["prompt"], best) == (pref["prompt"], pref["chosen"])
+
+
+def test_cls_labels_follow_the_text_are_balanced_and_held_out(data_dir: Path) -> None:
+    from llmtune.data.synth_cls import TOPIC_WORDS, cls_label
+
+    train, evals = read_rows(data_dir / "cls.jsonl"), read_rows(data_dir / "eval_cls.jsonl")
+    for rows in (train, evals):
+        assert all(cls_label(row["text"]) == row["label"] for row in rows)
+        counts = [sum(row["label"] == topic for row in rows) for topic in TOPIC_WORDS]
+        assert max(counts) - min(counts) <= 1, counts
+    assert not {row["text"] for row in evals} & {row["text"] for row in train}
+    assert cls_label("The cat ate the cake.") is None and cls_label("A pen.") is None
 
 
 def test_check_answer() -> None:

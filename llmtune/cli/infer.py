@@ -115,7 +115,7 @@ def eval_cmd(
         Optional[str], typer.Option("--harness-include", metavar="DIR", help="More lm-eval task YAMLs here.")
     ] = None,
 ) -> None:
-    """Perplexity, bits per byte, generation, reward, DPO and exam metrics (and lm-eval tasks), in one table."""
+    """Perplexity, bits per byte, generation, reward, DPO, exam and classifier metrics (and lm-eval), in one table."""
     from llmtune import console
     from llmtune.eval import job as job
     from llmtune.infer.generate import DecodeOptions
@@ -245,10 +245,42 @@ def serve_cmd(
     serve(*model_args(model, adapter), host=host, port=port, name=name, dtype=dtype, endpoint=endpoint)
 
 
+def predict_cmd(
+    data: Annotated[str, typer.Option("--data", metavar="FILE", help="Rows with a `text` column (or a .txt).")],
+    model: ModelOpt = None,
+    adapter: AdapterOpt = None,
+    out: Annotated[Optional[Path], typer.Option("--out", metavar="FILE", help="Write JSONL rows here.")] = None,
+    max_length: Annotated[
+        Optional[int], typer.Option("--max-length", metavar="N", min=1, help="Tokens per text (default: as trained).")
+    ] = None,
+    max_samples: Annotated[
+        Optional[int], typer.Option("--max-samples", metavar="N", min=1, help="Classify the first N rows.")
+    ] = None,
+    batch_size: BatchOpt = 16,
+    dtype: DtypeOpt = "auto",
+    endpoint: EndpointOpt = None,
+) -> None:
+    """Classify texts with an `llmtune cls` run: a label and its probability per row (a table, or JSONL with --out)."""
+    from llmtune import console
+    from llmtune.eval import classify
+    from llmtune.infer.load import load_for_inference
+
+    rows = classify.read_texts(data, endpoint, max_samples)
+    loaded = load_for_inference(*model_args(model, adapter), dtype=dtype, endpoint=endpoint)
+    length = classify.max_length(loaded, max_length)
+    predictions = classify.predict_rows(loaded, rows, length, batch_size)
+    if out is None:
+        console.stdout().print(classify.predictions_table(predictions, f"{loaded.label} on {data}"))
+        return
+    classify.write_predictions(predictions, out)
+    console.info(f"wrote {len(predictions)} rows to {out}", markup=False)
+
+
 COMMANDS = {
     "bon": bon,
     "eval": eval_cmd,
     "generate": generate_cmd,
     "chat": chat_cmd,
     "serve": serve_cmd,
+    "predict": predict_cmd,
 }

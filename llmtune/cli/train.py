@@ -1,5 +1,6 @@
-"""The training commands `llmtune pt | sft | rm | dpo | kto | grpo | rloo`: one signature, one body; more than one
-process goes through accelerate launch (llmtune.training.launch). And `llmtune report`, a page comparing runs."""
+"""The training commands `llmtune pt | sft | rm | dpo | kto | grpo | rloo | cls`: one signature, one body; more
+than one process goes through accelerate launch (llmtune.training.launch). And `llmtune report`, a page
+comparing runs."""
 
 from __future__ import annotations
 
@@ -69,6 +70,7 @@ TRAINING_COMMANDS = {
     "kto": "KTO on unpaired rows (prompt, completion, label true/false); preference pairs are split into such rows.",
     "grpo": "Online RL (GRPO): sample completions, score them with rl.rewards, learn from each group's advantages.",
     "rloo": "Online RL (RLOO): like grpo, with each completion's baseline the mean reward of the others.",
+    "cls": "Train a text classifier (a label head on the base) on text/label rows; accuracy and macro F1 on eval.",
 }
 
 

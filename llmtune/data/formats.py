@@ -9,6 +9,7 @@ Canonical shapes:
               (TRL's conversational preference format).
   prompt      {"prompt": [messages ending with a user turn], "answer": str | None} (online RL: grpo, rloo)
   kto         {"prompt": [...], "completion": [assistant messages], "label": bool} (TRL's unpaired format)
+  cls         {"text": str, "label": str} (an integer label becomes its decimal string).
 
 Role names: `messages` rows use system/user/assistant (developer is read as system); `sharegpt` rows map
 human/user -> user, gpt/assistant/bot/model -> assistant, system -> system. `ranked` rows become one pair per
@@ -27,7 +28,7 @@ IGNORE = -100
 """The label of a token the loss skips (prompt, padding): torch's and transformers' ignore_index."""
 Messages = list[dict[str, str]]
 
-CHAT, TEXT, PREFERENCE, PROMPT, KTO = "chat", "text", "preference", "prompt", "kto"
+CHAT, TEXT, PREFERENCE, PROMPT, KTO, CLS = "chat", "text", "preference", "prompt", "kto", "cls"
 MESSAGE_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 SHAREGPT_ROLES = {
     "system": "system",
@@ -228,6 +229,15 @@ def _kto(row: Row) -> list[Row]:
     return [{"prompt": _prompt(_field(row, "prompt")), "completion": completion, "label": label}]
 
 
+def _cls(row: Row) -> list[Row]:
+    label = _field(row, "label")
+    if isinstance(label, bool) or not isinstance(label, (str, int)):
+        raise RowError(f"label must be a string or an integer, not {type(label).__name__} ({label!r})")
+    if not str(label).strip():
+        raise RowError("label is empty")
+    return [{"text": _string(_field(row, "text"), "text"), "label": str(label).strip()}]
+
+
 CONVERTERS: dict[str, Callable[[Row], list[Row]]] = {
     "alpaca": _alpaca,
     "sharegpt": _sharegpt,
@@ -237,6 +247,7 @@ CONVERTERS: dict[str, Callable[[Row], list[Row]]] = {
     "ranked": _ranked,
     "prompt": _prompt_row,
     "kto": _kto,
+    "cls": _cls,
 }
 KIND_OF_FORMAT = {
     "alpaca": CHAT,
@@ -247,6 +258,7 @@ KIND_OF_FORMAT = {
     "ranked": PREFERENCE,
     "prompt": PROMPT,
     "kto": KTO,
+    "cls": CLS,
 }
 # Checked in order: the first format whose columns are all present wins.
 DETECT_BY_COLUMNS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -256,6 +268,7 @@ DETECT_BY_COLUMNS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("messages", ("messages",)),
     ("sharegpt", ("conversations",)),
     ("alpaca", ("instruction", "output")),
+    ("cls", ("text", "label")),
     ("text", ("text",)),
     ("prompt", ("prompt",)),
 )

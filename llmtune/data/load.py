@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from llmtune import console
 from llmtune.data.formats import (
     CHAT,
+    CLS,
     KIND_OF_FORMAT,
     KTO,
     PREFERENCE,
@@ -44,6 +45,7 @@ KIND_OF_STAGE = {
     "kto": KTO,
     "grpo": PROMPT,
     "rloo": PROMPT,
+    "cls": CLS,
 }
 FORMATS_OF_KIND = {
     TEXT: FORMATS_OF_STAGE["pt"],
@@ -51,6 +53,7 @@ FORMATS_OF_KIND = {
     PREFERENCE: FORMATS_OF_STAGE["rm"],
     KTO: FORMATS_OF_STAGE["kto"],
     PROMPT: FORMATS_OF_STAGE["grpo"],
+    CLS: FORMATS_OF_STAGE["cls"],
 }
 SHOWN_REASONS = 3
 
@@ -83,7 +86,8 @@ class Splits:
 
 def stage_kind(stage: str) -> str:
     """The kind of rows a stage trains on: text (pt), chat (sft; text rows too), preference (rm, dpo), kto rows (kto;
-    pairs split) or prompts (grpo, rloo; the prompts of chat rows and pairs, with their answers)."""
+    pairs split), prompts (grpo, rloo; the prompts of chat rows and pairs, with their answers) or labelled texts
+    (cls)."""
     return KIND_OF_STAGE[stage]
 
 
@@ -270,6 +274,7 @@ def load_rows(
 
 
 def load_splits(recipe: Recipe) -> tuple[datasets.Dataset, datasets.Dataset | None]:
-    """(train, eval) canonical rows for a recipe; the stage decides the kind (pt text, sft chat, rm/dpo preference)."""
+    """(train, eval) canonical rows for a recipe; the stage decides the kind (pt text, sft chat, rm/dpo preference,
+    cls labelled texts)."""
     splits = read_splits(recipe)
     return to_dataset(splits.train), to_dataset(splits.eval) if splits.eval is not None else None

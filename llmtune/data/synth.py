@@ -10,6 +10,7 @@ import random
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from llmtune.data.synth_cls import cls_rows
 from llmtune.data.synth_mc import DEV_PER_SUBJECT, SUBJECTS, mc_rows
 from llmtune.data.synth_tasks import SYSTEM_PROMPTS, TASKS, TOPICS, WORDS, Example, check_answer
 from llmtune.errors import UserError
@@ -95,6 +96,7 @@ def write_builtin_data(out_dir: Path, n_train: int = 2000, n_eval: int = 200, se
     convs = _conversations(train, random.Random(f"conversations:{seed}"))
     alpaca_rng, chat_rng, ranked_rng = (random.Random(f"{name}:{seed}") for name in ("alpaca", "chat", "ranked"))
     docs = text_corpus(n_train, seed)
+    cls_train = cls_rows(n_train, seed, "train")
     files: dict[str, list[dict]] = {
         "sft_alpaca": [_alpaca_row(ex, train, alpaca_rng) for ex in train],
         "sft_messages": [{"messages": conv} for conv in convs],
@@ -103,12 +105,14 @@ def write_builtin_data(out_dir: Path, n_train: int = 2000, n_eval: int = 200, se
         "preference_chat": [_preference_chat_row(ex, chat_rng) for ex in train],
         "ranked": [_ranked_row(ex, train, ranked_rng) for ex in train],
         "text": [{"text": doc} for doc in docs],
+        "cls": cls_train,
         "eval_messages": [{"messages": _turn(ex), "answer": ex.answer} for ex in evals],
         "eval_alpaca": [{"instruction": ex.instruction, "input": ex.input, "output": ex.answer} for ex in evals],
         "eval_preference": [{"prompt": ex.prompt, "chosen": ex.answer, "rejected": ex.wrong} for ex in evals],
         "eval_text": [{"text": doc} for doc in text_corpus(n_eval, seed + 1_000_003)],
         "eval_mc": mc_rows(n_eval, seed, "test"),
         "dev_mc": mc_rows(DEV_PER_SUBJECT * len(SUBJECTS), seed, "dev"),
+        "eval_cls": cls_rows(n_eval, seed, "eval", exclude={row["text"] for row in cls_train}),
     }
     paths = {f"{name}.jsonl": _write_jsonl(out_dir / f"{name}.jsonl", rows) for name, rows in files.items()}
     paths["text.txt"] = out_dir / "text.txt"

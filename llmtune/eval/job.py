@@ -3,7 +3,8 @@ it one at a time, print one table with a column per model and write the numbers 
 
 Which numbers depends on the rows: text -> perplexity, bits per char/byte; chat -> perplexity on the trained tokens,
 exact match, ROUGE-L (and a --reward model's score) of generated answers; preference pairs -> reward or implicit DPO
-accuracy; exams -> accuracy (llmtune.eval.exams); lm-evaluation-harness tasks (--harness) add their own numbers.
+accuracy; exams -> accuracy (llmtune.eval.exams); labelled texts -> a classifier's accuracy and macro F1;
+lm-evaluation-harness tasks (--harness) add their own numbers.
 """
 
 from __future__ import annotations
@@ -179,6 +180,10 @@ def _data_result(loaded: Loaded, data: EvalData, options: EvalOptions, reference
             model, tok, data.rows, data.shots, score=options.mc_score, window=window, batch_size=bs
         )
         return Result(loaded.label, metrics, predicted)
+    if data.kind == "cls":
+        from llmtune.eval.classify import classification_metrics
+
+        return Result(loaded.label, classification_metrics(loaded, data.rows, data.max_length, bs))
     if data.kind == "text":
         texts = [row["text"] for row in data.rows]
         return Result(

@@ -138,7 +138,21 @@ def load_tokenizer_for(model_dir: Path, adapter: Path | None, recipe: Recipe | N
     return tokenizer
 
 
-def _load_weights(model_dir: Path, head: Head, dtype: Any, recipe: Recipe | None, trust: bool) -> PreTrainedModel:
+def _head_kwargs(head: Head, labels: list[str] | None, adapter: Path | None) -> dict[str, Any]:
+    """A classifier's label names (labels.json of a cls run); a reward adapter's single score; else the config's."""
+    if head != "sequence_classification":
+        return {}
+    if labels:
+        from llmtune.infer.classify import label_maps
+
+        id2label, label2id = label_maps(labels)
+        return {"num_labels": len(labels), "id2label": id2label, "label2id": label2id}
+    return {"num_labels": 1} if adapter is not None else {}
+
+
+def _load_weights(
+    model_dir: Path, head: Head, dtype: Any, recipe: Recipe | None, trust: bool, head_kwargs: dict[str, Any]
+) -> PreTrainedModel:
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     if not (model_dir / "config.json").is_file():
@@ -148,9 +162,7 @@ def _load_weights(model_dir: Path, head: Head, dtype: Any, recipe: Recipe | None
     from safetensors import SafetensorError
 
     auto = AutoModelForSequenceClassification if head == "sequence_classification" else AutoModelForCausalLM
-    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": trust, "use_safetensors": True}
-    if head == "sequence_classification":
-        kwargs["num_labels"] = 1
+    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": trust, "use_safetensors": True, **head_kwargs}
     quantized = recipe is not None and recipe.method.kind == "qlora"
     if quantized:
         from llmtune.modeling import quantization_config
@@ -226,9 +238,12 @@ def load_for_inference(
     )
     head = _head(model_dir, adapter_dir)
     tokenizer = load_tokenizer_for(model_dir, adapter_dir, recipe, trust_remote_code)
+    from llmtune.infer.classify import read_labels
+
+    head_kwargs = _head_kwargs(head, read_labels(adapter_dir or model_dir), adapter_dir)
     with quiet_loading():
         loaded = _load_weights(
-            model_dir, head, _dtype(dtype, recipe if adapter_dir else None), recipe, trust_remote_code
+            model_dir, head, _dtype(dtype, recipe if adapter_dir else None), recipe, trust_remote_code, head_kwargs
         )
         if adapter_dir is not None:
             from peft import PeftModel

@@ -15,8 +15,8 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from llmtune.schema.align import DpoSpec, KtoSpec, RlSpec
 from llmtune.schema.base import Strict
 
-Stage = Literal["pt", "sft", "rm", "dpo", "kto", "grpo", "rloo"]
-DataFormat = Literal["alpaca", "sharegpt", "messages", "text", "preference", "ranked", "prompt", "kto"]
+Stage = Literal["pt", "sft", "rm", "dpo", "kto", "grpo", "rloo", "cls"]
+DataFormat = Literal["alpaca", "sharegpt", "messages", "text", "preference", "ranked", "prompt", "kto", "cls"]
 CHAT_FORMATS = ("alpaca", "sharegpt", "messages")
 PREFERENCE_FORMATS = ("preference", "ranked")
 FORMATS_OF_STAGE: dict[str, tuple[str, ...]] = {
@@ -27,6 +27,7 @@ FORMATS_OF_STAGE: dict[str, tuple[str, ...]] = {
     "kto": ("kto", *PREFERENCE_FORMATS),
     "grpo": ("prompt", *CHAT_FORMATS, *PREFERENCE_FORMATS),
     "rloo": ("prompt", *CHAT_FORMATS, *PREFERENCE_FORMATS),
+    "cls": ("cls",),
 }
 """The row formats each stage reads (kto splits pairs into rows; grpo/rloo take the prompts of chat and pairs)."""
 
@@ -232,7 +233,8 @@ class Recipe(Strict):
     """One line shown by `llmtune recipe list`."""
     stage: Stage
     """pt: continued pretraining; sft: supervised fine-tuning; rm: reward model; dpo (and its loss family) and kto:
-    offline preference optimisation; grpo, rloo: online RL against rewards (a reward model and/or checks)."""
+    offline preference optimisation; grpo, rloo: online RL against rewards (a reward model and/or checks); cls:
+    sequence classification (a label per text)."""
     model: ModelSpec
     """The model to start from."""
     method: MethodSpec = MethodSpec()

@@ -18,6 +18,7 @@ STAGES: dict[str, str] = {
     "kto": "llmtune.stages.kto",
     "grpo": "llmtune.stages.grpo",
     "rloo": "llmtune.stages.grpo",
+    "cls": "llmtune.stages.cls",
 }
 
 

@@ -32,7 +32,7 @@ def build(recipe: Recipe, args_common: dict[str, Any]) -> RewardTrainer:
     with suppress_seqcls_warning():  # the new head and the unused lm_head are expected, not news
         model = load_model(recipe, head="sequence_classification", num_labels=1)
     model.config.pad_token_id = tokenizer.pad_token_id
-    model = _apply_method(model, recipe)
+    model = apply_scorer_method(model, recipe)
     console.info(f"{recipe.method.kind} reward model: {describe_parameters(*count_parameters(model))}")
     config = build_config(RewardConfig, args_common, max_length=recipe.data.max_length)
     trainer = RewardTrainer(
@@ -42,7 +42,7 @@ def build(recipe: Recipe, args_common: dict[str, Any]) -> RewardTrainer:
     return trainer
 
 
-def _apply_method(model: PreTrainedModel, recipe: Recipe) -> PreTrainedModel:
+def apply_scorer_method(model: PreTrainedModel, recipe: Recipe) -> PreTrainedModel:
     """apply_method for a scorer; an earlier stage's adapter (often a causal-LM SFT adapter) is trained further.
 
     The adapter's LoRA weights fit the seq-cls model's backbone unchanged. It is rebuilt with task type SEQ_CLS, so
