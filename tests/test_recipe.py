@@ -92,7 +92,9 @@ def test_unknown_top_level_key(tmp_path: Path) -> None:
 
 def test_wrong_value_says_what_is_allowed(tmp_path: Path) -> None:
     message = error_of(write(tmp_path, "r.yaml", BASE.replace("stage: sft", "stage: ppo")))
-    assert ":1" in message and "stage" in message and "'pt', 'sft', 'rm', 'dpo', 'kto', 'grpo', 'rloo' or 'cls'" in message
+    assert (
+        ":1" in message and "stage" in message and "'pt', 'sft', 'rm', 'dpo', 'kto', 'grpo', 'rloo' or 'cls'" in message
+    )
 
 
 def test_missing_required_key(tmp_path: Path) -> None:

@@ -117,7 +117,7 @@ def eval_cmd(
 ) -> None:
     """Perplexity, bits per byte, generation, reward, DPO, exam and classifier metrics (and lm-eval), in one table."""
     from llmtune import console
-    from llmtune.eval import job as job
+    from llmtune.eval import job, output
     from llmtune.infer.generate import DecodeOptions
 
     if mc_score not in ("letter", "text"):
@@ -134,11 +134,11 @@ def eval_cmd(
 
         options.harness, options.harness_include, options.shots = parse_tasks(harness), harness_include, shots
     results = job.run_eval(specs, rows, options, reference)
-    console.stdout().print(job.results_table(results, f"{rows.label} ({len(rows.rows)} {rows.kind} rows)"))
+    console.stdout().print(output.results_table(results, f"{rows.label} ({len(rows.rows)} {rows.kind} rows)"))
     if show and rows.kind == "chat":
-        job.show_examples(rows, results, show)
+        output.show_examples(rows, results, show)
     if out is not None:
-        job.write_results(out, rows, results)
+        output.write_results(out, rows, results)
         console.info(f"wrote {out}", markup=False)
 
 

@@ -291,13 +291,3 @@ def convert(fmt: str, row: Any, columns: dict[str, str] | None = None) -> list[R
     if not isinstance(row, dict):
         raise RowError(f"a row must be an object with named fields, not {type(row).__name__}")
     return CONVERTERS[fmt](apply_columns(row, columns or {}))
-
-
-def add_system_prompt(row: Row, system_prompt: str | None) -> Row:
-    """Give a chat or preference row `system_prompt` as its first message when it has no system message."""
-    if not system_prompt:
-        return row
-    key = "messages" if "messages" in row else "prompt" if "prompt" in row else None
-    if key is None or row[key][0]["role"] == "system":
-        return row
-    return {**row, key: [{"role": "system", "content": system_prompt}, *row[key]]}

@@ -24,7 +24,6 @@ from llmtune.data.formats import (
     TEXT,
     Row,
     RowError,
-    add_system_prompt,
     apply_columns,
     convert,
     detect_format,
@@ -278,3 +277,13 @@ def load_splits(recipe: Recipe) -> tuple[datasets.Dataset, datasets.Dataset | No
     cls labelled texts)."""
     splits = read_splits(recipe)
     return to_dataset(splits.train), to_dataset(splits.eval) if splits.eval is not None else None
+
+
+def add_system_prompt(row: Row, system_prompt: str | None) -> Row:
+    """Give a chat or preference row `system_prompt` as its first message when it has no system message."""
+    if not system_prompt:
+        return row
+    key = "messages" if "messages" in row else "prompt" if "prompt" in row else None
+    if key is None or row[key][0]["role"] == "system":
+        return row
+    return {**row, key: [{"role": "system", "content": system_prompt}, *row[key]]}
