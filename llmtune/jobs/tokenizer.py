@@ -80,11 +80,18 @@ def extend(base: str, files: Sequence[Path], add: int, out: Path, *, overwrite: 
     from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
     from llmtune.hub.local import resolve_dir
+    from llmtune.modeling import refuse_remote_code
     from llmtune.tokenizers.extend import check_extension, extend_tokenizer
 
     refuse_nonempty(out, overwrite, "tokenizer extend --out")
     base_dir = Path(resolve_dir(base, "main", None, "BASE"))
-    base_tok = AutoTokenizer.from_pretrained(str(base_dir))
+    refuse_remote_code(base_dir, False, "extend only a tokenizer and model that need no code of their own")
+    if any(base_dir.glob("*.bin")) and not any(base_dir.glob("*.safetensors")):
+        raise UserError(
+            f"BASE {base}: has only pickle weights (.bin), which can run code when loaded; convert them to "
+            "safetensors first"
+        )
+    base_tok = AutoTokenizer.from_pretrained(str(base_dir), trust_remote_code=False)
     if not isinstance(base_tok, PreTrainedTokenizerFast):
         raise UserError(f"BASE {base}: has no fast tokenizer (tokenizer.json); only those can be extended")
     texts = list(corpus_texts(files))
@@ -94,12 +101,14 @@ def extend(base: str, files: Sequence[Path], add: int, out: Path, *, overwrite: 
     try:
         base_tok.save_pretrained(str(staging))
         (staging / "tokenizer.json").write_text(extension.tokenizer_json, encoding="utf-8")
-        extended_tok = AutoTokenizer.from_pretrained(str(staging))
+        extended_tok = AutoTokenizer.from_pretrained(str(staging), trust_remote_code=False)
         sample = texts[:CHECK_TEXTS]
         used = check_extension(base_tok, extended_tok, sample, extension.new_ids)
-        has_weights = any(base_dir.glob("*.safetensors")) or any(base_dir.glob("*.bin"))
+        has_weights = any(base_dir.glob("*.safetensors"))  # pickle (.bin) weights can run code: never loaded here
         if has_weights:
-            model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype="auto")
+            model = AutoModelForCausalLM.from_pretrained(
+                str(base_dir), dtype="auto", trust_remote_code=False, use_safetensors=True
+            )
             resize_model(model, _new_rows(base_tok, extended_tok, extension.new_ids), extension.new_ids)
             model.save_pretrained(str(staging))
         move_into_place(staging, out)
