@@ -82,3 +82,19 @@ def test_scaled_heads_are_refused():
                          num_attention_heads=2, num_key_value_heads=1)  # fmt: skip
     config.final_logit_softcapping = 30.0
     assert not add_cpu_fused_lm_head(LlamaForCausalLM(config))
+
+
+def test_train_cpu_fused_head_false_keeps_trls_head(monkeypatch):
+    from types import SimpleNamespace
+
+    from llmtune.modeling import fused_head
+    from llmtune.schema import TrainSpec
+    from llmtune.stages import sft
+
+    calls = []
+    monkeypatch.setattr(fused_head, "add_cpu_fused_lm_head", calls.append)
+    monkeypatch.setattr("llmtune.modeling.has_cuda", lambda: False)
+    assert TrainSpec().cpu_fused_head
+    for on in (True, False):
+        sft._cpu_lm_head(SimpleNamespace(model="base"), SimpleNamespace(train=TrainSpec(cpu_fused_head=on)))
+    assert calls == ["base"]
