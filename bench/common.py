@@ -115,6 +115,8 @@ class ChildRun:
     wall_s: float
     max_rss_mib: float
     log: Path
+    cpu_s: float = 0.0
+    """User + system CPU time of the child (all its threads): much steadier than wall time on a shared machine."""
 
 
 def run_child(argv: Sequence[str], log: Path, env: dict[str, str] | None = None) -> ChildRun:
@@ -127,7 +129,7 @@ def run_child(argv: Sequence[str], log: Path, env: dict[str, str] | None = None)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.time() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return ChildRun(proc.returncode, started, wall, usage.ru_maxrss / 1024, log)
+    return ChildRun(proc.returncode, started, wall, usage.ru_maxrss / 1024, log, usage.ru_utime + usage.ru_stime)
 
 
 def thread_env(threads: int) -> dict[str, str]:

@@ -24,6 +24,7 @@ SUITE: list[tuple[str, str, list[str]]] = [
     ("tokenize_cache", "bench.tokenize_cache", []),
     ("clean", "bench.clean", []),
     ("grpo_overhead", "bench.grpo_overhead", []),
+    ("real_model", "bench.real_model", ["--quick", "--threads", "1"]),
 ]
 QUICK: dict[str, list[str]] = {
     "sft_overhead": ["--models", "tiny", "--repeats", "1", "--steps", "8"],
@@ -31,6 +32,7 @@ QUICK: dict[str, list[str]] = {
     "tokenize_cache": ["--rows", "2000", "--repeats", "1"],
     "clean": ["--rows", "2000", "--planted", "400"],
     "grpo_overhead": ["--repeats", "1", "--steps", "6"],
+    "real_model": ["--variants", "llmtune"],
 }
 
 

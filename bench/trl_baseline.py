@@ -10,6 +10,7 @@ below renders the same text as the model's own, with the assistant's content and
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--logging-steps", type=int, default=10)
     p.add_argument("--clock", help="append each step's end time here (bench.common.step_clock)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="weights dtype")
     return p.parse_args(argv)
 
 
@@ -52,7 +54,7 @@ def build_trainer(args: argparse.Namespace, callbacks: list[Any] | None = None) 
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     tokenizer.chat_template = CHATML_WITH_GENERATION
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=getattr(torch, getattr(args, "dtype", "float32")))
     dataset = load_dataset("json", data_files=args.data, split="train")
     peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
     config = SFTConfig(
@@ -94,6 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     trainer.train()
     trainer.save_model(args.out)
+    Path(args.out, "log_history.json").write_text(json.dumps(trainer.state.log_history), encoding="utf-8")
     Path(args.out, "done.txt").write_text(f"train+save {time.perf_counter() - started:.3f}s\n", encoding="utf-8")
 
 

@@ -222,6 +222,30 @@ def test_fused_head_constants_match_trl() -> None:
     assert (FUSED_TOKENS_PER_TILE, FUSED_VOCAB_PER_TILE) == (TOKEN_CHUNK_SIZE, _CHUNKED_LOGPROB_CHUNK_SIZE)
 
 
+def test_cpu_fused_head_rows_match_llmtune() -> None:
+    from llmtune.modeling.fused_head import CHUNK_ROWS
+    from llmtune.plan.memory import CPU_FUSED_HEAD_ROWS
+
+    assert CPU_FUSED_HEAD_ROWS == CHUNK_ROWS
+
+
+@pytest.mark.parametrize(("stored", "native", "method", "weight_bytes"), [
+    ("bfloat16", True, "lora", 2), ("bfloat16", False, "lora", 4), ("float32", True, "lora", 4),
+    ("bfloat16", True, "full", 4),
+])  # fmt: skip
+def test_cpu_auto_dtype_follows_the_loader(tmp_path: Path, monkeypatch, stored, native, method, weight_bytes) -> None:
+    """plan --device cpu with model.dtype auto picks the weights dtype load_model would (modeling.auto_cpu_bf16)."""
+    from llmtune.modeling import load
+
+    monkeypatch.setattr(load, "cpu_has_native_bf16", lambda: native)
+    (tmp_path / "m").mkdir()
+    config = {**LLAMA_31_8B, "num_hidden_layers": 1, "torch_dtype": stored}
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    recipe = load_recipe(write_recipe(tmp_path / "r.yaml", tmp_path / "m", method={"kind": method}))
+    assert make_plan(recipe, device="cpu").setup.weight_bytes == weight_bytes
+    assert make_plan(recipe, device="gpu").setup.weight_bytes == 2
+
+
 def test_parse_memory_and_errors(tmp_path: Path, config_only_8b: Path) -> None:
     assert parse_memory("24GiB") == 24 * GIB and parse_memory("80GB") == 80 * 10**9
     assert parse_memory("16000MiB") == 16000 * 2**20 and parse_memory("24") == 24 * GIB

@@ -4,6 +4,8 @@ the right parameters trainable (full, freeze, LoRA, QLoRA). Both are re-exported
 from llmtune.modeling.load import (
     Head,
     TaskType,
+    auto_cpu_bf16,
+    cpu_has_native_bf16,
     has_cuda,
     keep_4bit_weights_trainable_on_cpu,
     load_model,
@@ -13,6 +15,7 @@ from llmtune.modeling.load import (
     refuse_remote_code,
     resolve_dtype,
     resolve_local,
+    stored_dtype,
 )
 from llmtune.modeling.methods import (
     apply_method,
@@ -29,9 +32,11 @@ __all__ = [
     "Head",
     "TaskType",
     "apply_method",
+    "auto_cpu_bf16",
     "check_lora_targets",
     "check_method",
     "count_parameters",
+    "cpu_has_native_bf16",
     "decoder_layers",
     "describe_parameters",
     "freeze_all_but",
@@ -45,4 +50,5 @@ __all__ = [
     "refuse_remote_code",
     "resolve_dtype",
     "resolve_local",
+    "stored_dtype",
 ]

@@ -22,6 +22,7 @@ GIB = 1024**3
 NF4_BITS = {True: 4 + 8 / 64 + 32 / (64 * 256), False: 4 + 32 / 64}  # by double_quant: 4.127 / 4.5 bits
 FUSED_TOKENS_PER_TILE = 4096  # trl.kernels.chunked_logprob.TOKEN_CHUNK_SIZE
 FUSED_VOCAB_PER_TILE = 32768  # trl.trainer.utils._CHUNKED_LOGPROB_CHUNK_SIZE
+CPU_FUSED_HEAD_ROWS = 256  # llmtune.modeling.fused_head.CHUNK_ROWS
 CPU_HEAD_TEMPS = 7  # fp32 tile-sized temporaries alive at once in TRL's torch fallback of the fused head backward
 CUDA_CONTEXT = GIB // 2
 ALLOCATOR_SLACK = 0.05
@@ -138,12 +139,13 @@ def parse_memory(text: str) -> int:
     return int(value * (1024 if binary or not match[3] else 1000) ** power)
 
 
-def resolve_setup(recipe: Recipe, device: Device = "gpu", nproc: int | None = None) -> Setup:
-    """Dtypes, batch, sharding and optimizer as a run of this recipe on `device` would use them."""
+def resolve_setup(recipe: Recipe, device: Device = "gpu", nproc: int | None = None, cpu_bf16: bool = False) -> Setup:
+    """Dtypes, batch, sharding and optimizer as a run of this recipe on `device` would use them; `cpu_bf16`: auto
+    gives bf16 on this CPU (llmtune.modeling.auto_cpu_bf16)."""
     if device == "cpu" and recipe.method.kind == "qlora":
         raise UserError("plan --device cpu: method.kind qlora needs a GPU (bitsandbytes 4-bit); estimate for gpu")
     dtype = recipe.model.dtype
-    weight_bytes = 4 if dtype == "float32" or (dtype == "auto" and device == "cpu") else 2
+    weight_bytes = 4 if dtype == "float32" or (dtype == "auto" and device == "cpu" and not cpu_bf16) else 2
     mixed = recipe.train.mixed_precision
     autocast = mixed in ("bf16", "fp16") or (mixed == "auto" and device == "gpu")
     procs = nproc or recipe.train.nproc
@@ -258,6 +260,9 @@ def head_bytes(f: ModelFacts, s: Setup) -> tuple[float, float, float]:
     n, vc = min(n_all, FUSED_TOKENS_PER_TILE), min(f.vocab, FUSED_VOCAB_PER_TILE)
     buf = n * FUSED_VOCAB_PER_TILE * (2 if s.autocast else a)
     grad_in = n_all * h * (4 + a) + (f.head_params * 4 if s.method == "full" else 0)
+    if s.device == "cpu" and s.method in ("lora", "qlora"):  # llmtune.modeling.fused_head: a few fp32 row chunks
+        rows = min(n_all, CPU_FUSED_HEAD_ROWS)
+        return saved + n_all * h * a, 3 * rows * f.vocab * 4 + rows * f.vocab * a, n_all * h * (4 + a)
     if s.device == "cpu":
         return saved, buf + 3 * n * vc * 4, buf + CPU_HEAD_TEMPS * n * vc * 4 + n * vc + grad_in
     return saved, buf, buf + grad_in

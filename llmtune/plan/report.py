@@ -125,13 +125,17 @@ def make_plan(
 ) -> Plan:
     """Read the model's config (`config_file` overrides where from), count, estimate and (with a budget that is
     exceeded) suggest."""
+    from llmtune.modeling import auto_cpu_bf16
     from llmtune.plan.inspect import inspect_model, read_config
     from llmtune.plan.memory import resolve_setup
     from llmtune.plan.source import find_config
 
     source = find_config(recipe, config_file)
-    facts = inspect_model(read_config(source, recipe), recipe)
-    setup = resolve_setup(recipe, device, nproc)  # type: ignore[arg-type]
+    config = read_config(source, recipe)
+    facts = inspect_model(config, recipe)
+    stored = str(getattr(config.get_text_config(), "dtype", None) or "").removeprefix("torch.")
+    cpu_bf16 = device == "cpu" and auto_cpu_bf16(recipe.method.kind, stored)
+    setup = resolve_setup(recipe, device, nproc, cpu_bf16)  # type: ignore[arg-type]
     result = estimate(facts, setup)
     steps = suggest(facts, setup, budget) if budget is not None and result.peak > budget else ()
     return Plan(facts, setup, result, budget, steps, f"{source.path} ({source.origin})")

@@ -49,7 +49,8 @@ class ModelSpec(Strict):
     revision: str = "main"
     """Branch, tag or commit of a Hub model."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    """Weights dtype: auto picks bfloat16 on a GPU that supports it, else float32."""
+    """Weights dtype: auto picks bfloat16 on a GPU that supports it, and for lora/qlora of a checkpoint stored in
+    bfloat16 on a CPU with AVX512-BF16 or AMX (adapters stay float32); else float32."""
     trust_remote_code: bool = False
     """Run Python code shipped with the model. Off unless you trust its author."""
     allow_pickle: bool = False
@@ -181,7 +182,11 @@ class TrainSpec(Strict):
     seed: int = 42
     """Seed for initialisation, data order and dropout."""
     gradient_checkpointing: bool = False
-    """Recompute activations in the backward pass: less memory, about 30% slower."""
+    """Recompute activations in the backward pass: less memory, about 30% slower. Recommended for CPU LoRA of deep
+    models with long batches (30 layers, batch 8 x 256 tokens: peak RSS 6.4 -> 2.9 GiB, ~1/3 more CPU per step)."""
+    cpu_fused_head: bool = True
+    """sft/pt without CUDA: score the loss with llmtune's chunked LM head (labelled rows only; ~4x less CPU and ~12x
+    less temporary memory than TRL's CPU fallback) when the head is frozen; false keeps TRL's."""
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     """auto: bf16 on a GPU that supports it, otherwise none."""
     logging_steps: int = Field(10, gt=0)
