@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -66,7 +68,8 @@ def test_fsdp2_matches_one_process_resumes_and_saves_a_plain_model(tiny_recipe, 
     sharded = recipe("fsdp", batch=2, nproc=2, accelerate_config=FSDP2)
     probe = [str(ROOT / "tests" / "memprobe.py"), str(tmp_path / "peak.json"), str(sharded)]
     done = subprocess.run([*LAUNCH, "--config_file", FSDP2, "--num_processes", "2", "--monitor_interval", "0.5",
-                           *probe], capture_output=True, text=True, timeout=300, env=cpu_env())  # fmt: skip
+                           "--main_process_port", "0", *probe],  # not 29500: another test may be launching now
+                          capture_output=True, text=True, timeout=300, env=cpu_env())  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     out = tmp_path / "fsdp-out"
     assert shards(out / "checkpoint-3") == ["__0_0.distcp", "__1_0.distcp"]  # sharded, not DDP's model.safetensors
@@ -102,9 +105,24 @@ def test_fsdp2_matches_one_process_resumes_and_saves_a_plain_model(tiny_recipe, 
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A free port below the ephemeral range: the kernel hands ports from that range to every connect() and bind to
+    port 0 (gloo's pairs, the other xdist worker's tests), so one found there and released could be taken before
+    machine 0's agent binds it; a port outside it is taken only by an explicit bind to that number."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for port in random.Random(os.getpid() ^ time.time_ns()).sample(range(low // 2, low), 200):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in [{low // 2}, {low})")
+
+
+def machine_logs(nodes: list[subprocess.Popen], logs: list[str]) -> str:
+    """Every machine's exit code and the end of its output, each under its own heading."""
+    return "".join(f"\n===== machine {r} (exit {n.returncode}) =====\n{log[-6000:]}" for r, (n, log) in
+                   enumerate(zip(nodes, logs, strict=True)))  # fmt: skip
 
 
 @pytest.mark.slow
@@ -130,7 +148,7 @@ def test_two_machines_on_one_host_train_lora_under_fsdp2_and_save_once(tiny_reci
         for node in nodes:
             if node.poll() is None:
                 node.kill()
-    assert [node.returncode for node in nodes] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+    assert [node.returncode for node in nodes] == [0, 0], machine_logs(nodes, logs)
     assert "saved to" in logs[0] and "saved to" not in logs[1] and "step 1/4" not in logs[1]
 
     out = tmp_path / "nodes-out"

@@ -67,6 +67,7 @@ def test_two_processes_match_one_with_twice_the_batch_and_resume(pt_recipe, tmp_
     shutil.copytree(run_dir, resumed, ignore=shutil.ignore_patterns(f"checkpoint-{STEPS}"))
     launched = subprocess.run(
         [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+         "--main_process_port", "0",  # a free port: not 29500, which another test may be taking at this moment
          "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "llmtune", "pt", "--recipe", str(two),
          "--set", f"output.dir={resumed}", "--resume"],
         capture_output=True, text=True, timeout=300,
@@ -121,6 +122,8 @@ def test_launch_argv_passes_multi_node_flags_to_accelerate(tiny_recipe) -> None:
     assert (args.main_process_ip, args.main_process_port) == ("10.0.0.1", 29555)
     assert args.config_file == str(CONFIGS / "zero3.yaml") and args.module
     assert [args.training_script, *args.training_script_args] == ["llmtune", "sft", "--recipe", "r.yaml"]
+    one_machine = launch_command_parser().parse_args(launch_argv("sft", [], recipe, LaunchOptions())[3:])
+    assert one_machine.main_process_port == 0  # accelerate picks a free port; 29500 races with a concurrent run
 
 
 def test_shipped_configs_load_in_accelerate_and_shard_as_named() -> None:

@@ -79,8 +79,9 @@ def set_stop_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> 
 
 
 def stop_counts(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Prompt],
-                max_new_tokens: int = 32) -> tuple[int, int]:  # fmt: skip
-    """(prompts whose greedy answer hit a stop id within max_new_tokens, prompts tried)."""
+                max_new_tokens: int = 32, synced: bool = False) -> tuple[int, int]:  # fmt: skip
+    """(prompts whose greedy answer hit a stop id within max_new_tokens, prompts tried). `synced`: the weights are
+    split over the processes and every one of them calls this (transformers' synced_gpus: none stops early)."""
     import torch
 
     config = build_generation_config(model, tokenizer, DecodeOptions(max_new_tokens=max_new_tokens))
@@ -92,7 +93,7 @@ def stop_counts(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prom
     model.eval()
     try:
         with torch.inference_mode():
-            ids = model.generate(**batch, generation_config=config)
+            ids = model.generate(**batch, generation_config=config, synced_gpus=synced)
     finally:
         model.train(was_training)
     new = ids[:, batch["input_ids"].shape[1] :].tolist()
@@ -100,13 +101,13 @@ def stop_counts(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prom
 
 
 def check_stops(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Prompt],
-                what: str, max_new_tokens: int = 32) -> bool:  # fmt: skip
+                what: str, max_new_tokens: int = 32, synced: bool = False) -> bool:  # fmt: skip
     """Warn, with the numbers, when greedy generation on a few prompts runs to max_new_tokens without stopping."""
     from llmtune import console
 
     if not tokenizer.chat_template or not prompts:
         return True
-    stopped, tried = stop_counts(model, tokenizer, prompts, max_new_tokens)
+    stopped, tried = stop_counts(model, tokenizer, prompts, max_new_tokens, synced)
     if stopped == tried:
         return True
     names = ", ".join(f"{tokenizer.convert_ids_to_tokens(i)!r} ({i})" for i in stop_ids(model, tokenizer))

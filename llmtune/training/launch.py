@@ -65,6 +65,8 @@ def launch_argv(command: str, recipe_args: list[str], recipe: Recipe, options: L
         argv += ["--main_process_ip", options.main_process_ip]
     if options.num_machines > 1 or options.main_process_port:
         argv += ["--main_process_port", str(options.main_process_port or DEFAULT_PORT)]
+    else:  # one machine: a free port of accelerate's choosing, so that two runs started at once do not both take
+        argv += ["--main_process_port", "0"]  # 29500 (accelerate checks it is free, then binds it a moment later)
     if recipe.train.accelerate_config:
         from llmtune.training.accelerate import deepspeed_file_args, find_accelerate_config
 

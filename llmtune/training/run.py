@@ -80,19 +80,28 @@ def save_final(trainer: Trainer, out: Path) -> None:
 CAUSAL_STAGES = ("pt", "sft", "dpo")
 
 
-def write_stops(trainer: Trainer, recipe: Recipe, out: Path) -> None:
+def write_stops(trainer: Trainer, recipe: Recipe, out: Path, is_main: bool = True) -> None:
     """A causal run's generation_config.json stops at the chat template's end-of-turn token too (so the run, its
     merged export and its GGUF stop where a turn ends); after sft, warn if greedy answers to a few training prompts
-    do not stop within 32 tokens."""
-    from llmtune.infer.generate import check_stops, set_stop_ids
+    do not stop within 32 tokens.
+
+    With split weights (FSDP, ZeRO-3) every process calls this: generating gathers the weights from all of them.
+    Only the main one writes and warns; the others generate the same tokens in step with it."""
+    from llmtune.infer.generate import check_stops, set_stop_ids, stop_counts
     from llmtune.infer.prompts import sample_prompts
 
     model, tokenizer = trainer.model, trainer.processing_class
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     set_stop_ids(base, tokenizer)
-    base.generation_config.save_pretrained(out)
-    if recipe.stage == "sft":
-        check_stops(model, tokenizer, sample_prompts(recipe), f"the {recipe.stage} run")
+    if is_main:
+        base.generation_config.save_pretrained(out)
+    if recipe.stage != "sft":
+        return
+    prompts, synced = sample_prompts(recipe), sharded.weights_split(trainer) and trainer.args.world_size > 1
+    if is_main:
+        check_stops(model, tokenizer, prompts, f"the {recipe.stage} run", synced=synced)
+    elif synced and tokenizer.chat_template and prompts:  # the calls check_stops makes on the main process
+        stop_counts(model, tokenizer, prompts, synced=True)
 
 
 def _last(history: list[dict], key: str) -> float | None:
@@ -179,8 +188,8 @@ def run(recipe: Recipe, *, resume: bool = False) -> RunResult:
         state.wait_for_everyone()
         output, runtime = _train(trainer, out, checkpoint)
         result = _result(recipe, trainer, output, runtime, logger, state.num_processes)
-        if state.is_main_process and recipe.stage in CAUSAL_STAGES:
-            write_stops(trainer, recipe, out)
+        if recipe.stage in CAUSAL_STAGES and (state.is_main_process or sharded.weights_split(trainer)):
+            write_stops(trainer, recipe, out, is_main=state.is_main_process)
         if state.is_main_process:
             summary = {**result.summary(), "versions": library_versions()}
             (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")

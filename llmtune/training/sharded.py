@@ -50,6 +50,19 @@ def trainer_args(common: dict[str, Any]) -> dict[str, Any]:
     return {**common, "accelerator_config": accelerator_config}
 
 
+def weights_split(trainer: Trainer) -> bool:
+    """True when each process holds only part of the weights (FSDP, DeepSpeed ZeRO-3): every forward pass then
+    gathers them from all processes, so a generation after training must run on every process, not on the main
+    one alone (which would wait for peers that have finished, and fail or hang)."""
+    if trainer.is_fsdp_enabled:
+        return True
+    if trainer.is_deepspeed_enabled:
+        from transformers.integrations import is_deepspeed_zero3_enabled
+
+        return is_deepspeed_zero3_enabled()
+    return False
+
+
 def save_model(trainer: Trainer, out: Path) -> None:
     """Save the model (or adapter) as plain safetensors: under FSDP every process joins the gather of the full
     state dict, which is what transformers does at save time only for FULL_STATE_DICT configs."""
