@@ -12,11 +12,12 @@ TORCH  ?= torch==2.13.0
 
 install: $(STAMP)
 
+# PYTHONWARNINGS=ignore on the editable install: setuptools' information-only notices are not for the user.
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e '.[test,metrics]' --config-settings editable_mode=compat
+	PYTHONWARNINGS=ignore $(BIN)/python -m pip install -q -e '.[test,metrics]'
 	touch $@
 
 test: install
