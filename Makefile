@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $@
 
 test: install
-	$(BIN)/python -m pytest -q -n 2
+	$(BIN)/python -m pytest -q -n 2 --durations=15
 
 lint: install
 	$(BIN)/ruff check llmtune tests bench
