@@ -95,6 +95,7 @@ def test_train_cpu_fused_head_false_keeps_trls_head(monkeypatch):
     monkeypatch.setattr(fused_head, "add_cpu_fused_lm_head", calls.append)
     monkeypatch.setattr("llmtune.modeling.has_cuda", lambda: False)
     assert TrainSpec().cpu_fused_head
-    for on in (True, False):
-        sft._cpu_lm_head(SimpleNamespace(model="base"), SimpleNamespace(train=TrainSpec(cpu_fused_head=on)))
+    for on, fsdp in ((True, False), (False, False), (True, True)):  # sharded weights keep TRL's head too
+        trainer = SimpleNamespace(model="base", is_fsdp_enabled=fsdp, is_deepspeed_enabled=False)
+        sft._cpu_lm_head(trainer, SimpleNamespace(train=TrainSpec(cpu_fused_head=on)))
     assert calls == ["base"]

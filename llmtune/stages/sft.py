@@ -47,10 +47,11 @@ def build(recipe: Recipe, args_common: dict[str, Any]) -> SFTTrainer:
 
 def _cpu_lm_head(trainer: SFTTrainer, recipe: Recipe) -> None:
     """Without CUDA, score the loss with llmtune.modeling.fused_head instead of TRL's torch fallback (see there for
-    figures); `train.cpu_fused_head: false` keeps TRL's."""
+    figures); `train.cpu_fused_head: false` keeps TRL's. Not with sharded weights (FSDP, DeepSpeed): the head's
+    weight is then a shard (a DTensor under FSDP2) that only the wrapped modules know how to gather."""
     from llmtune.modeling import has_cuda
 
-    if has_cuda() or not recipe.train.cpu_fused_head:
+    if has_cuda() or not recipe.train.cpu_fused_head or trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
         return
     from llmtune.modeling.fused_head import add_cpu_fused_lm_head
 
