@@ -173,9 +173,13 @@ def stream_to_partial(
         if have and not resumed:
             console.debug(f"{partial.name}: the server did not resume at byte {have}; fetching from the start")
             on_bytes(-have)
-        with partial.open("ab" if resumed else "wb") as out:
+        # Unbuffered: every byte received is on disk at once, so a download stopped by Ctrl-C (its daemon threads
+        # end without closing the file) resumes from exactly what arrived, not from what a buffer had flushed.
+        with partial.open("ab" if resumed else "wb", buffering=0) as out:
             for chunk in response.iter_bytes():
-                out.write(chunk)
+                view = memoryview(chunk)
+                while view:
+                    view = view[out.write(view) :]
                 on_bytes(len(chunk))
 
 
