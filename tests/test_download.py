@@ -245,7 +245,10 @@ def test_an_interrupted_run_resumes_the_partial_file_next_time(hub: Hub, proxy: 
     args = [sys.executable, "-m", "llmtune", "download", MODEL, "--include", BIG, "--endpoint", proxy.url,
             "--local-dir", str(out)]  # fmt: skip
     proxy.faults = [Fault(f"/{BIG}", "stall", at=1_500_000)]
-    child = subprocess.Popen(args, env=cli.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # type: ignore[attr-defined]
+    # Ctrl-C as a user's terminal sends it: a test run started in the background (a shell without job control)
+    # passes SIGINT down ignored, and the child would then finish the download instead.
+    child = subprocess.Popen(args, env=cli.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,  # type: ignore[attr-defined]
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     assert proxy.stalled.wait(60)
     partials: list[Path] = []
     deadline = time.monotonic() + 20
