@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from freeze import run_slices, step_until
 from safetensors.torch import load_file
 
 from llmtune.recipe import load_recipe
@@ -155,24 +156,29 @@ def interrupt_once(recipe: Path, out: Path, how: str, rng: random.Random, chain:
         left = {p for _, p in checkpoint_dirs(out) if not is_complete(p)}
         assert left <= stale, "the checkpoint it failed to write was removed"
     elif how == "final-save":
-        if not wait_until(proc, lambda: (out / ".final-tmp").exists()):
+        if not wait_until(proc, lambda: logged_step(out) >= TRAIN["max_steps"], poll=0.005):
+            return False
+        if not step_until(proc, lambda: (out / ".final-tmp").exists()):
             return False
         kill(proc)
         chain.kills += 1
     elif how == "mid-save":
         unsealed = lambda: any(s > resume_step and not (p / SEAL).exists() for s, p in checkpoint_dirs(out))  # noqa: E731
-        if not wait_until(proc, unsealed):
+        if not wait_until(proc, lambda: logged_step(out) > resume_step, poll=0.005):
+            return False
+        if not step_until(proc, unsealed):
             return False
         kill(proc)
         caught = [p for s, p in checkpoint_dirs(out) if s > resume_step and not is_complete(p)]
         chain.mid_save += bool(caught)
         chain.kills += 1
     else:
-        target = resume_step + rng.randint(1, 3)
+        # a random moment a few steps on: logged step `target`, then a random number of slices of run time (each
+        # much shorter than a step, so the run cannot reach its end and the chain keeps its planned length)
+        target, slices = min(resume_step + rng.randint(1, 3), TRAIN["max_steps"] - 1), rng.randint(0, 60)
         if not wait_until(proc, lambda: logged_step(out) >= target, poll=0.005):
             return False
-        time.sleep(rng.uniform(0.0, 0.3))
-        if proc.poll() is not None:
+        if not run_slices(proc, slices):
             return False
         kill(proc)
         chain.kills += 1

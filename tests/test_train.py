@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from freeze import step_until
 from safetensors.torch import load_file
 
 from llmtune.errors import UserError
@@ -147,9 +148,11 @@ def test_resume_after_a_kill_gives_the_uninterrupted_run_exactly(tiny_recipe, tm
         stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 120
-    while not (b_out / "checkpoint-3" / "checkpoint_complete.json").is_file():
-        assert proc.poll() is None and time.monotonic() < deadline, "run B ended before its first checkpoint"
+    while not (b_out / "metrics.jsonl").is_file():
+        assert proc.poll() is None and time.monotonic() < deadline, "run B ended before its first step"
         time.sleep(0.02)
+    sealed = b_out / "checkpoint-3" / "checkpoint_complete.json"
+    assert step_until(proc, sealed.is_file), "run B ended before its first checkpoint"
     os.kill(proc.pid, signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
     assert not (b_out / "summary.json").exists()
