@@ -66,6 +66,8 @@ LLMTUNE_VARIANTS: dict[str, dict[str, Any]] = {
     "llmtune-fp32": {"model": {"dtype": "float32"}},
     "llmtune-bf16": {"model": {"dtype": "bfloat16"}},
     "llmtune-gc": {"train": {"gradient_checkpointing": True}},
+    "llmtune-gc-half": {"train": {"gradient_checkpointing": 0.5}},
+    "llmtune-peft": {"train": {"cpu_fast_lora": False}},
     "llmtune-nodropout": {"method": {"lora": {"dropout": 0.0}}},
     "llmtune-trlhead": {"train": {"cpu_fused_head": False}},
 }

@@ -26,11 +26,10 @@ from llmtune.plan.memory import (
     NF4_BITS,
     estimate,
     layer_activation_bytes,
-    parse_memory,
     resolve_setup,
 )
 from llmtune.plan.report import make_plan
-from llmtune.plan.source import shipped_config
+from llmtune.plan.source import parse_memory, shipped_config
 from llmtune.recipe import load_recipe
 
 RECIPES = Path(__file__).parents[1] / "llmtune" / "recipes"

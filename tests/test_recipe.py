@@ -188,3 +188,12 @@ def test_validate_names_each_missing_local_path_and_reports_hub_ids(
     write(tmp_path, "two.yaml", BASE.replace("data/train.jsonl", "data/a.jsonl"))
     code, _, err = run_main(capsys, "recipe", "validate", "two.yaml", "--set", "model.adapter=./x")
     assert code == 2 and "model.adapter: ./x does not exist" in err and "data.train[0].path: data/a.jsonl" in err
+
+
+def test_gradient_checkpointing_takes_a_share_of_the_layers(tmp_path: Path) -> None:
+    path = write(tmp_path, "r.yaml", BASE)
+    assert load_recipe(path, ["train.gradient_checkpointing=0.5"]).train.checkpoint_share == 0.5
+    assert load_recipe(path, ["train.gradient_checkpointing=true"]).train.checkpoint_share == 1.0
+    assert load_recipe(path).train.gradient_checkpointing == "auto"
+    message = error_of(path, ["train.gradient_checkpointing=1.5"])
+    assert "train.gradient_checkpointing" in message and "above 0 and at most 1" in message

@@ -112,8 +112,8 @@ def plan_cmd(
     config.json comes from --config, a local model directory, the HF cache, the copy llmtune ships for the models of
     its recipes, or the Hub, in that order."""
     from llmtune import console
-    from llmtune.plan.memory import parse_memory
     from llmtune.plan.report import make_plan, render
+    from llmtune.plan.source import parse_memory
     from llmtune.recipe import load_recipe
 
     console.quiet_libraries()

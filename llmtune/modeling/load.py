@@ -213,7 +213,7 @@ def load_model(recipe: Recipe, *, head: Head = "causal_lm", num_labels: int = 1)
         from peft import prepare_model_for_kbit_training
 
         keep_4bit_weights_trainable_on_cpu(model)
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=recipe.train.gradient_checkpointing)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=recipe.train.checkpoint_share > 0)
     return model
 
 

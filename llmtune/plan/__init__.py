@@ -4,7 +4,7 @@ memory.py is the model (bytes per term), inspect.py reads a model's facts from i
 report.py assembles and prints the plan. The public face is these three names.
 """
 
-from llmtune.plan.memory import parse_memory
 from llmtune.plan.report import make_plan, render
+from llmtune.plan.source import parse_memory
 
 __all__ = ["make_plan", "parse_memory", "render"]

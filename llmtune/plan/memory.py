@@ -7,11 +7,11 @@ against the measured peak of real training steps on CPU.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Literal
 
 from llmtune.errors import UserError
+from llmtune.modeling.checkpointing import auto_share, saved_activation_bytes
 from llmtune.schema import Recipe
 from llmtune.stages.args import resolve_optimizer
 from llmtune.training.accelerate import Sharding, sharding_from_config
@@ -87,7 +87,8 @@ class Setup:
     batch_size: int
     grad_accum: int
     seq_len: int
-    checkpointing: bool
+    checkpointing: float | None
+    """The share of decoder layers recomputed in the backward pass (0: none, 1: all; None: auto, see share())."""
     masked: bool
     lora_dropout: bool
     trainable_layers: int
@@ -129,16 +130,6 @@ class Estimate:
     host: float
 
 
-def parse_memory(text: str) -> int:
-    """'24GiB', '24GB', '80G', '16000MiB' or a bare number of GiB -> bytes."""
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?)(i?B?)\s*", text, flags=re.IGNORECASE)
-    if not match:
-        raise UserError(f"--gpu-memory {text!r}: expected a size such as 24GiB, 80GB or 16000MiB")
-    value, prefix, binary = float(match[1]), match[2].upper(), match[3].lower().startswith("i")
-    power = "KMGT".find(prefix) + 1 if prefix else 3
-    return int(value * (1024 if binary or not match[3] else 1000) ** power)
-
-
 def resolve_setup(recipe: Recipe, device: Device = "gpu", nproc: int | None = None, cpu_bf16: bool = False) -> Setup:
     """Dtypes, batch, sharding and optimizer as a run of this recipe on `device` would use them; `cpu_bf16`: auto
     gives bf16 on this CPU (llmtune.modeling.auto_cpu_bf16)."""
@@ -160,12 +151,19 @@ def resolve_setup(recipe: Recipe, device: Device = "gpu", nproc: int | None = No
         batch_size=recipe.train.batch_size,
         grad_accum=recipe.train.grad_accum,
         seq_len=recipe.data.max_length,
-        checkpointing=recipe.train.gradient_checkpointing,
+        checkpointing=None if recipe.train.gradient_checkpointing == "auto" else recipe.train.checkpoint_share,
         masked=recipe.model.attn_implementation != "flash_attention_2",
         lora_dropout=recipe.method.lora.dropout > 0,
         trainable_layers=recipe.method.freeze.trainable_layers,
         sharding=sharding_from_config(recipe.train.accelerate_config, procs),
     )
+
+
+def checkpoint_share(f: ModelFacts, s: Setup) -> float:
+    """s.checkpointing, with auto (None) decided as a run decides it (llmtune.modeling.checkpointing)."""
+    if s.checkpointing is not None:
+        return s.checkpointing
+    return auto_share(saved_activation_bytes(f.layers, f.hidden, f.intermediate, s.rows * s.seq_len, s.act_bytes))
 
 
 def _trainable_bytes(s: Setup) -> int:
@@ -277,7 +275,9 @@ def estimate(f: ModelFacts, s: Setup) -> Estimate:
     per_layer = layer_activation_bytes(f, s, base_trainable=s.method in ("full", "freeze"))
     saved_head, head_fwd, head_bwd = head_bytes(f, s)
     mask = tokens * s.mask_width
-    layers_saved = depth * tokens * (s.act_bytes * f.hidden if s.checkpointing else per_layer)
+    share = checkpoint_share(f, s)
+    kept = share * s.act_bytes * f.hidden + (1 - share) * per_layer
+    layers_saved = depth * tokens * kept
     activations = layers_saved + saved_head + mask
     carried = grads if s.grad_accum > 1 else 0
     step_temp = f.trainable(s.method) * _trainable_bytes(s) if s.device == "gpu" and s.optimizer == "adamw_torch" else 0
@@ -286,7 +286,7 @@ def estimate(f: ModelFacts, s: Setup) -> Estimate:
         "backward (output head)": activations + head_bwd + carried,
         "optimizer step": grads + step_temp,
     }
-    if s.checkpointing:
+    if share:
         phases["backward (recomputing a layer)"] = activations + tokens * per_layer + grads
     phase = max(phases, key=phases.__getitem__)
     peak = weights + states + phases[phase]

@@ -60,8 +60,8 @@ def _candidates(f: ModelFacts, s: Setup, budget: int) -> list[tuple[str, tuple[s
     sh = s.sharding
     gpu = s.device == "gpu"
     out: list[tuple[str, tuple[str, ...], Setup] | None] = [
-        None if s.checkpointing else
-        ("gradient checkpointing on", ("train.gradient_checkpointing=true",), replace(s, checkpointing=True)),
+        None if s.checkpointing >= 1 else
+        ("gradient checkpointing on", ("train.gradient_checkpointing=true",), replace(s, checkpointing=1.0)),
         ("ZeRO-3 sharding", (f"train.accelerate_config={ZERO3}",), _shard(s, "zero3", sh.nproc))
         if gpu and sh.nproc > 1 and not sh.shards_weights else None,
         _batch_step(f, s, budget),
@@ -127,7 +127,7 @@ def make_plan(
     exceeded) suggest."""
     from llmtune.modeling import auto_cpu_bf16
     from llmtune.plan.inspect import inspect_model, read_config
-    from llmtune.plan.memory import resolve_setup
+    from llmtune.plan.memory import checkpoint_share, resolve_setup
     from llmtune.plan.source import find_config
 
     source = find_config(recipe, config_file)
@@ -136,6 +136,7 @@ def make_plan(
     stored = str(getattr(config.get_text_config(), "dtype", None) or "").removeprefix("torch.")
     cpu_bf16 = device == "cpu" and auto_cpu_bf16(recipe.method.kind, stored)
     setup = resolve_setup(recipe, device, nproc, cpu_bf16)  # type: ignore[arg-type]
+    setup = replace(setup, checkpointing=checkpoint_share(facts, setup))  # auto decided as the run decides it
     result = estimate(facts, setup)
     steps = suggest(facts, setup, budget) if budget is not None and result.peak > budget else ()
     return Plan(facts, setup, result, budget, steps, f"{source.path} ({source.origin})")
@@ -174,7 +175,7 @@ def _optimizer_note(s: Setup) -> str:
 
 def _rows(plan: Plan) -> list[tuple[str, str, str]]:
     f, s, e = plan.facts, plan.setup, plan.estimate
-    other = estimate(f, replace(s, checkpointing=not s.checkpointing)).activations
+    other = estimate(f, replace(s, checkpointing=0.0 if s.checkpointing else 1.0)).activations
     act_note = (
         f"{'with' if s.checkpointing else 'without'} gradient checkpointing; "
         f"{'without' if s.checkpointing else 'with'} it: {gib(other)}"

@@ -4,6 +4,7 @@ is an estimate, not worth half a minute of backoff)."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,3 +99,13 @@ def _fetch(repo_id: str, recipe: Recipe) -> ConfigSource:
     except UserError as exc:
         raise UserError(f"model.name_or_path: cannot fetch {where} from {url}: {exc} {advice(repo_id)}") from None
     return ConfigSource(summary.root / "config.json", f"fetched from {url}")
+
+
+def parse_memory(text: str) -> int:
+    """'24GiB', '24GB', '80G', '16000MiB' or a bare number of GiB -> bytes."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?)(i?B?)\s*", text, flags=re.IGNORECASE)
+    if not match:
+        raise UserError(f"--gpu-memory {text!r}: expected a size such as 24GiB, 80GB or 16000MiB")
+    value, prefix, binary = float(match[1]), match[2].upper(), match[3].lower().startswith("i")
+    power = "KMGT".find(prefix) + 1 if prefix else 3
+    return int(value * (1024 if binary or not match[3] else 1000) ** power)

@@ -181,12 +181,15 @@ class TrainSpec(Strict):
     """A transformers optimizer name (adamw_torch, adamw_8bit, paged_adamw_8bit, ...); null picks per method."""
     seed: int = 42
     """Seed for initialisation, data order and dropout."""
-    gradient_checkpointing: bool = False
-    """Recompute activations in the backward pass: less memory, about 30% slower. Recommended for CPU LoRA of deep
-    models with long batches (30 layers, batch 8 x 256 tokens: peak RSS 6.4 -> 2.9 GiB, ~1/3 more CPU per step)."""
+    gradient_checkpointing: bool | float | Literal["auto"] = "auto"
+    """Recompute activations in the backward pass (less memory, more time): true for every decoder layer, a share
+    in (0, 1) for that share, evenly spaced (0.5: every other layer). auto: none while a step keeps up to 1 GiB of
+    activations (estimated from the model's shape, batch and max_length), every other layer up to 4 GiB, else all
+    (llmtune.modeling.checkpointing; figures in docs/benchmarks.md)."""
     cpu_fused_head: bool = True
-    """sft/pt without CUDA: score the loss with llmtune's chunked LM head (labelled rows only; ~4x less CPU and ~12x
-    less temporary memory than TRL's CPU fallback) when the head is frozen; false keeps TRL's."""
+    """sft/pt without CUDA, frozen head: llmtune's chunked LM head and loss (llmtune.modeling.fused_head)."""
+    cpu_fast_lora: bool = True
+    """Without CUDA: LoRA layers run llmtune's branch (llmtune.modeling.cpu_lora); false keeps peft's forward."""
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     """auto: bf16 on a GPU that supports it, otherwise none."""
     logging_steps: int = Field(10, gt=0)
@@ -207,6 +210,20 @@ class TrainSpec(Strict):
     """An accelerate config file (see recipes/accelerate/) for multi-process runs."""
     extra: dict[str, Any] = {}
     """Escape hatch: extra keyword arguments for TRL's config (SFTConfig, DPOConfig, ...), passed as is."""
+
+    @field_validator("gradient_checkpointing")
+    @classmethod
+    def _share(cls, value: bool | float | str) -> bool | float | str:
+        if not isinstance(value, (bool, str)) and not 0 < value <= 1:
+            raise ValueError("a share of the layers must be above 0 and at most 1 (or true / false)")
+        return value
+
+    @property
+    def checkpoint_share(self) -> float:
+        """The share of decoder layers recomputed, once training.run has decided `auto` (an error before)."""
+        if self.gradient_checkpointing == "auto":
+            raise ValueError("train.gradient_checkpointing: auto is decided by the run before it is read")
+        return float(self.gradient_checkpointing)
 
 
 class HubSpec(Strict):

@@ -63,7 +63,7 @@ def common_training_args(recipe: Recipe) -> dict[str, Any]:
         "max_grad_norm": t.max_grad_norm,
         "seed": t.seed,
         "data_seed": t.seed,
-        "activation_checkpointing": t.gradient_checkpointing,
+        "activation_checkpointing": t.checkpoint_share > 0,  # a share below 1: llmtune.training.run
         "bf16": bf16,
         "fp16": fp16,
         "logging_steps": t.logging_steps,

@@ -99,3 +99,21 @@ def _short(key: str) -> str | None:
 def _log_line(state: Any, logs: dict[str, Any]) -> str | None:
     shown = [f"{_short(k)} {v:.4g}" for k, v in logs.items() if _short(k) and isinstance(v, (int, float))]
     return f"step {state.global_step}/{state.max_steps}  " + "  ".join(shown) if shown else None
+
+
+def partial_checkpointing(share: float) -> Any:
+    """A TrainerCallback that, once the trainer has turned activation checkpointing on for every decoder layer,
+    turns it back off for all but `share` of them, evenly spaced (layer i is kept checkpointed when
+    floor((i + 1) * share) > floor(i * share): every other one for 0.5)."""
+    from transformers import TrainerCallback
+
+    from llmtune.modeling import decoder_layers
+
+    class PartialCheckpointing(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            base = model.get_base_model() if hasattr(model, "get_base_model") else model
+            for i, layer in enumerate(decoder_layers(base)[1]):
+                if hasattr(layer, "gradient_checkpointing"):
+                    layer.gradient_checkpointing = int((i + 1) * share) > int(i * share)
+
+    return PartialCheckpointing()

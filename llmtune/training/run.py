@@ -20,7 +20,7 @@ from llmtune.outdir import apply_umask
 from llmtune.schema import Recipe
 from llmtune.stages.args import common_training_args
 from llmtune.training import checkpoints, sharded
-from llmtune.training.callbacks import line_printer, metrics_logger, progress_printer
+from llmtune.training.callbacks import line_printer, metrics_logger, partial_checkpointing, progress_printer
 from llmtune.training.rundir import (
     check_output_dir,
     checkpoint_step,
@@ -165,6 +165,7 @@ def run(recipe: Recipe, *, resume: bool = False) -> RunResult:
     if checkpoint is not None and (changed := recipe_changes(out, recipe)):
         console.info(f"resuming with changed settings: {', '.join(changed)}", markup=False)
     check_method(recipe)
+    written, recipe = recipe, resolve_checkpointing(recipe)  # recipe.yaml keeps `auto`; the run uses its choice
     console.info(f"{recipe.stage}: writing the run to {out}", markup=False)
     console.quiet_libraries()
 
@@ -175,13 +176,16 @@ def run(recipe: Recipe, *, resume: bool = False) -> RunResult:
     state = sharded.process_state()
     set_seed(recipe.train.seed)
     trainer = get_stage(recipe.stage).build(recipe, sharded.trainer_args(common_training_args(recipe)))
+    _cpu_lora(trainer, recipe)
+    if 0 < recipe.train.checkpoint_share < 1:
+        trainer.add_callback(partial_checkpointing(recipe.train.checkpoint_share))
     logger = _attach(trainer, recipe, out, state.num_processes)
     checkpoints.install(trainer, out, recipe.train.save_total_limit)
     state.wait_for_everyone()  # every process has checked the dir before the main one moves old contents aside
     with output_guard(out, replace=recipe.output.overwrite and checkpoint is None, is_main=state.is_main_process):
         if state.is_main_process:
             with checkpoints.write_errors(out, "recipe.yaml and metrics.jsonl"):
-                write_recipe(out, recipe, state.num_processes)
+                write_recipe(out, written, state.num_processes)
                 if checkpoint is not None:
                     checkpoints.remove_incomplete(out)
                     truncate_metrics(out / "metrics.jsonl", checkpoint_step(checkpoint))
@@ -195,6 +199,44 @@ def run(recipe: Recipe, *, resume: bool = False) -> RunResult:
             (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
             _draw_curves(out)
     return result
+
+
+def resolve_checkpointing(recipe: Recipe) -> Recipe:
+    """The recipe with `train.gradient_checkpointing: auto` replaced by the share it picks for this model, batch
+    and dtype (llmtune.modeling.checkpointing); said on screen when it turns checkpointing on."""
+    if recipe.train.gradient_checkpointing != "auto":
+        return recipe
+    from transformers import AutoConfig
+
+    from llmtune.modeling import model_dir, resolve_dtype, stored_dtype
+    from llmtune.modeling.checkpointing import auto_share, config_activation_bytes, describe_share
+
+    path = model_dir(recipe)
+    config = AutoConfig.from_pretrained(path, trust_remote_code=recipe.model.trust_remote_code)
+    dtype = resolve_dtype(recipe.model.dtype, recipe.method, stored_dtype(path))
+    act_bytes = 4 if recipe.method.kind == "qlora" else dtype.itemsize
+    rows = recipe.train.batch_size * (2 if recipe.stage in ("rm", "dpo", "kto") else 1)
+    saved = config_activation_bytes(config, rows * recipe.data.max_length, act_bytes)
+    share = auto_share(saved)
+    if share:
+        console.info(f"gradient checkpointing (auto): {describe_share(share)}, for about {saved / 2**30:.1f} GiB "
+                     "of activations a step would keep; train.gradient_checkpointing: false turns it off")  # fmt: skip
+    train = recipe.train.model_copy(update={"gradient_checkpointing": share if 0 < share < 1 else share == 1})
+    return recipe.model_copy(update={"train": train})
+
+
+def _cpu_lora(trainer: Trainer, recipe: Recipe) -> None:
+    """Without CUDA, LoRA layers get llmtune.modeling.cpu_lora's branch (`train.cpu_fast_lora`); not with sharded
+    weights (FSDP, DeepSpeed), whose hooks gather a layer's weights only when the layer itself is called."""
+    from llmtune.modeling import has_cuda
+
+    if recipe.method.kind not in ("lora", "qlora") or has_cuda() or not recipe.train.cpu_fast_lora:
+        return
+    if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
+        return
+    from llmtune.modeling.cpu_lora import speed_up_lora
+
+    speed_up_lora(trainer.model)
 
 
 def _draw_curves(out: Path) -> None:
