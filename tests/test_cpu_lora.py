@@ -139,3 +139,20 @@ def test_a_run_checkpointing_every_other_layer_trains_the_same_adapter(tiny_reci
     b = load_file(f"{half.output_dir}/adapter_model.safetensors")
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-7) for k in a)
     assert plain.final_loss == pytest.approx(half.final_loss, rel=1e-5)
+
+
+def test_auto_checkpointing_follows_the_estimated_activations() -> None:
+    """The tiers of `train.gradient_checkpointing: auto` on three shapes: the SmolLM-135M shape at 4 and 30 layers
+    (batch 8 x 256, bf16) and a 1B Llama shape at batch 8 x 2048."""
+    from transformers import LlamaConfig
+
+    from llmtune.modeling.checkpointing import GIB, auto_share, config_activation_bytes
+
+    def saved(layers: int, hidden: int, intermediate: int, tokens: int) -> float:
+        config = LlamaConfig(hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers)
+        return config_activation_bytes(config, tokens, act_bytes=2)
+
+    small, deep, big = saved(4, 576, 1536, 2048), saved(30, 576, 1536, 2048), saved(16, 2048, 8192, 16384)
+    assert small < GIB / 2 and auto_share(small) == 0.0
+    assert 1.5 * GIB < deep < 2.5 * GIB and auto_share(deep) == 0.5  # measured: 2.1 GiB more RSS without it
+    assert big > 8 * GIB and auto_share(big) == 1.0
