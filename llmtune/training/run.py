@@ -20,6 +20,7 @@ from llmtune.outdir import apply_umask
 from llmtune.schema import Recipe
 from llmtune.stages.args import common_training_args
 from llmtune.training import checkpoints, sharded
+from llmtune.training.accelerate import read_accelerate_config
 from llmtune.training.callbacks import line_printer, metrics_logger, partial_checkpointing, progress_printer
 from llmtune.training.rundir import (
     check_output_dir,
@@ -206,6 +207,15 @@ def resolve_checkpointing(recipe: Recipe) -> Recipe:
     and dtype (llmtune.modeling.checkpointing); said on screen when it turns checkpointing on."""
     if recipe.train.gradient_checkpointing != "auto":
         return recipe
+    config = read_accelerate_config(recipe.train.accelerate_config) if recipe.train.accelerate_config else {}
+    fsdp_checkpoints = (config.get("fsdp_config") or {}).get("fsdp_activation_checkpointing")
+    share = 0.0 if fsdp_checkpoints else _auto_share(recipe)  # FSDP recomputes on its own: never both
+    train = recipe.train.model_copy(update={"gradient_checkpointing": share if 0 < share < 1 else share == 1})
+    return recipe.model_copy(update={"train": train})
+
+
+def _auto_share(recipe: Recipe) -> float:
+    """The share auto picks from the model's config.json, the batch and the compute dtype (printed when above 0)."""
     from transformers import AutoConfig
 
     from llmtune.modeling import model_dir, resolve_dtype, stored_dtype
@@ -221,8 +231,7 @@ def resolve_checkpointing(recipe: Recipe) -> Recipe:
     if share:
         console.info(f"gradient checkpointing (auto): {describe_share(share)}, for about {saved / 2**30:.1f} GiB "
                      "of activations a step would keep; train.gradient_checkpointing: false turns it off")  # fmt: skip
-    train = recipe.train.model_copy(update={"gradient_checkpointing": share if 0 < share < 1 else share == 1})
-    return recipe.model_copy(update={"train": train})
+    return share
 
 
 def _cpu_lora(trainer: Trainer, recipe: Recipe) -> None:
