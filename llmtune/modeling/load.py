@@ -212,8 +212,10 @@ def load_model(recipe: Recipe, *, head: Head = "causal_lm", num_labels: int = 1)
     if quant is not None:
         from peft import prepare_model_for_kbit_training
 
+        from llmtune.modeling.checkpointing import checkpoint_share
+
         keep_4bit_weights_trainable_on_cpu(model)
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=recipe.train.checkpoint_share > 0)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpoint_share(recipe) > 0)
     return model
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from llmtune import console
 from llmtune.errors import UserError, require_module
 from llmtune.modeling import has_cuda
+from llmtune.modeling.checkpointing import checkpoint_share
 from llmtune.schema import Recipe
 
 
@@ -63,7 +64,7 @@ def common_training_args(recipe: Recipe) -> dict[str, Any]:
         "max_grad_norm": t.max_grad_norm,
         "seed": t.seed,
         "data_seed": t.seed,
-        "activation_checkpointing": t.checkpoint_share > 0,  # a share below 1: llmtune.training.run
+        "activation_checkpointing": checkpoint_share(recipe) > 0,  # a share below 1: llmtune.training.run
         "bf16": bf16,
         "fp16": fp16,
         "logging_steps": t.logging_steps,

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from llmtune import console
 from llmtune.modeling import check_method, count_parameters
+from llmtune.modeling.checkpointing import checkpoint_share
 from llmtune.outdir import apply_umask
 from llmtune.schema import Recipe
 from llmtune.stages.args import common_training_args
@@ -209,29 +210,9 @@ def resolve_checkpointing(recipe: Recipe) -> Recipe:
         return recipe
     config = read_accelerate_config(recipe.train.accelerate_config) if recipe.train.accelerate_config else {}
     fsdp_checkpoints = (config.get("fsdp_config") or {}).get("fsdp_activation_checkpointing")
-    share = 0.0 if fsdp_checkpoints else _auto_share(recipe)  # FSDP recomputes on its own: never both
+    share = 0.0 if fsdp_checkpoints else checkpoint_share(recipe, say=True)  # FSDP recomputes on its own: never both
     train = recipe.train.model_copy(update={"gradient_checkpointing": share if 0 < share < 1 else share == 1})
     return recipe.model_copy(update={"train": train})
-
-
-def _auto_share(recipe: Recipe) -> float:
-    """The share auto picks from the model's config.json, the batch and the compute dtype (printed when above 0)."""
-    from transformers import AutoConfig
-
-    from llmtune.modeling import model_dir, resolve_dtype, stored_dtype
-    from llmtune.modeling.checkpointing import auto_share, config_activation_bytes, describe_share
-
-    path = model_dir(recipe)
-    config = AutoConfig.from_pretrained(path, trust_remote_code=recipe.model.trust_remote_code)
-    dtype = resolve_dtype(recipe.model.dtype, recipe.method, stored_dtype(path))
-    act_bytes = 4 if recipe.method.kind == "qlora" else dtype.itemsize
-    rows = recipe.train.batch_size * (2 if recipe.stage in ("rm", "dpo", "kto") else 1)
-    saved = config_activation_bytes(config, rows * recipe.data.max_length, act_bytes)
-    share = auto_share(saved)
-    if share:
-        console.info(f"gradient checkpointing (auto): {describe_share(share)}, for about {saved / 2**30:.1f} GiB "
-                     "of activations a step would keep; train.gradient_checkpointing: false turns it off")  # fmt: skip
-    return share
 
 
 def _cpu_lora(trainer: Trainer, recipe: Recipe) -> None:
