@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 from llmtune import console
-from llmtune.data.clean.pipeline import Pipeline, Scanned, parsed_rows, step_names
+from llmtune.data.clean.pipeline import Pipeline, Scanned, parsed_rows, raw_rows, step_names
 from llmtune.data.clean.report import Report, print_report
 from llmtune.data.clean.rows import WRITERS, open_writer
 from llmtune.data.clean.spec import CleanSpec
@@ -73,8 +73,8 @@ def perplexity_filter(spec: CleanSpec, scanned: list[Scanned], report: Report) -
 
 def write_kept(item: Scanned, out_file: Path) -> None:
     with open_writer(out_file) as write:
-        for row_no, (_where, _fmt, raw, _text) in enumerate(parsed_rows(item.path, str(item.path))):
-            if item.keep[row_no]:
+        for raw, keep in zip(raw_rows(item.path), item.keep, strict=True):
+            if keep:
                 write(raw)
 
 

@@ -57,16 +57,18 @@ class ExactSpec(Strict):
 
 
 class NearSpec(Strict):
-    """Near-duplicate deduplication with MinHash and LSH (datasketch); the first row of a cluster is kept."""
+    """Near-duplicate deduplication with MinHash and LSH; null takes the row kind's default (text: 5-word shingles,
+    128 permutations; chat, preference, prompt: 2-word shingles, 256 permutations; threshold 0.7 for all). The
+    first row of a cluster is kept."""
 
     enabled: bool = True
     """Run the step."""
-    threshold: float = Field(0.8, gt=0, lt=1)
-    """Estimated Jaccard similarity of word n-gram sets above which a row is a duplicate of an earlier one."""
-    ngram: int = Field(5, gt=0)
+    threshold: float | None = Field(None, gt=0, lt=1)
+    """Estimated Jaccard similarity of word n-gram sets at or above which a row is a duplicate of an earlier one."""
+    ngram: int | None = Field(None, gt=0)
     """Words per shingle (rows shorter than this are one shingle)."""
-    permutations: int = Field(128, ge=16, le=1024)
-    """MinHash permutations: more is more exact and slower."""
+    permutations: int | None = Field(None, ge=16, le=1024)
+    """MinHash permutations: more estimate similarity more exactly and take longer."""
     seed: int = 1
     """Seed of the hash permutations (the same seed gives the same result)."""
 
