@@ -14,6 +14,8 @@ from collections import Counter
 from functools import lru_cache
 from typing import Any
 
+from datatrove.utils.word_tokenizers import WordTokenizer
+
 from llmtune.data.clean.spec import LangSpec, RulesSpec
 from llmtune.errors import UserError
 
@@ -54,21 +56,26 @@ def char_counts(text: str) -> tuple[int, int, int]:
     return sum(map(str.isalnum, solid)), sum(map(str.isdigit, solid)), len(solid)
 
 
+class RegexWords(WordTokenizer):
+    """datatrove's word tokenizer interface without spaCy or NLTK: `words`, and sentences ending at . ! ? (and their
+    CJK forms) or a line break. A module-level class, so pipelines holding it can be pickled for executors."""
+
+    def __init__(self) -> None:
+        super().__init__("en")
+
+    def word_tokenize(self, text: str) -> list[str]:
+        return words(text)
+
+    def sent_tokenize(self, text: str) -> list[str]:
+        return [s.strip() for s in SENTENCE.findall(text) if s.strip()]
+
+    def span_tokenize(self, text: str) -> list[tuple[int, int]]:
+        return [m.span() for m in SENTENCE.finditer(text) if m.group().strip()]
+
+
 @lru_cache(maxsize=1)
-def _regex_word_tokenizer() -> Any:
-    from datatrove.utils.word_tokenizers import WordTokenizer
-
-    class RegexWords(WordTokenizer):
-        def word_tokenize(self, text: str) -> list[str]:
-            return words(text)
-
-        def sent_tokenize(self, text: str) -> list[str]:
-            return [s.strip() for s in SENTENCE.findall(text) if s.strip()]
-
-        def span_tokenize(self, text: str) -> list[tuple[int, int]]:
-            return [m.span() for m in SENTENCE.finditer(text) if m.group().strip()]
-
-    return RegexWords("en")
+def _regex_word_tokenizer() -> RegexWords:
+    return RegexWords()
 
 
 class LanguageStep:
