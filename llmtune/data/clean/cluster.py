@@ -1,15 +1,14 @@
 """MinHash stage 3 of the executors' path, verified: the in-process rule applied to datatrove's LSH pairs.
 
 datatrove's stage 2 (`MinhashDedupBuckets`) writes, per band, each run of documents with equal band values as a
-chain of pairs. Here every two documents of a run are candidates, as the in-process index makes them; a candidate
-counts when the estimated Jaccard similarity of the two 8-bit signatures reaches the threshold; then, in input
-order, a document is dropped when it is similar to an earlier document that is kept. datatrove's own stage 3
-would drop every document of a connected set of pairs but one, similar or not: looser on rows of one template.
+chain of pairs. Here, in input order, a document is dropped when the estimated Jaccard similarity of its 8-bit
+signature to an earlier kept document sharing a run (among the first BUCKET_CAP kept of that run) reaches the
+threshold: the in-process rule over the same candidates, so both paths drop the same rows. datatrove's own stage 3
+drops every document of a connected set of pairs but one, similar or not: looser on rows of one template.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import struct
 from collections import Counter
@@ -20,25 +19,20 @@ import numpy as np
 from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
-from llmtune.data.clean.dedup import NearDedup
+from llmtune.data.clean.dedup import BUCKET_CAP, checked_similarity
 from llmtune.data.clean.trove import TOP_CLUSTERS, cluster_rank, save_part
 
 LOW = 0xFFFFFFFF
-PAIRS_AT_ONCE = 1 << 16
 
 
-def run_pairs(dups: np.ndarray) -> np.ndarray:
-    """(earlier, later) node pairs (node: task << 32 | document) of every two documents in each run of a bucket."""
+def band_runs(dups: np.ndarray) -> list[list[int]]:
+    """The runs of one bucket file (node: task << 32 | document): the documents sharing one band's values, which
+    datatrove writes as a chain of pairs (a, b), (b, c), ..., sorted by task and document."""
     a = dups[:, 0].astype(np.int64) << 32 | dups[:, 1]
     b = dups[:, 2].astype(np.int64) << 32 | dups[:, 3]
-    starts = np.flatnonzero(np.concatenate([[True], a[1:] != b[:-1]]))  # a run continues while pairs chain
-    pairs = [np.stack([a, b], axis=1)]
-    for start, end in zip(starts.tolist(), [*starts[1:].tolist(), len(a)], strict=True):
-        if end - start > 1:
-            members = [int(a[start]), *b[start:end].tolist()]
-            pairs.append(np.array(list(itertools.combinations(members, 2)), dtype=np.int64))
-    found = np.concatenate(pairs) if pairs else np.zeros((0, 2), dtype=np.int64)
-    return np.sort(found, axis=1)
+    starts = np.flatnonzero(np.concatenate([[True], a[1:] != b[:-1]]))  # a run goes on while the pairs chain
+    ends = [*starts[1:].tolist(), len(a)]
+    return [[int(a[start]), *b[start:end].tolist()] for start, end in zip(starts.tolist(), ends, strict=True)]
 
 
 class VerifiedCluster(PipelineStep):
@@ -50,48 +44,53 @@ class VerifiedCluster(PipelineStep):
     def __init__(self, folder: str, threshold: float, perms: int, parts: str, label: str) -> None:
         super().__init__()
         self.folder, self.threshold, self.perms, self.parts, self.label = folder, threshold, perms, parts, label
+        self._sigs: dict[int, np.ndarray] = {}
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> None:
-        folder = Path(self.folder)
-        files = sorted((folder / "dups").glob("*.dups"))
-        dups = [np.fromfile(f, dtype="<u4").reshape(-1, 4) for f in files]
-        pairs = np.unique(np.concatenate([run_pairs(d) for d in dups if len(d)] or [np.zeros((0, 2), np.int64)]),
-                          axis=0)  # fmt: skip
-        self.stat_update("candidate pairs", value=len(pairs))
-        similarity = self._similarity(pairs)
-        close = similarity >= self.threshold
-        dropped = self._first_kept(pairs[close], similarity[close])
+        runs = [run for f in sorted((Path(self.folder) / "dups").glob("*.dups"))
+                for run in band_runs(np.fromfile(f, dtype="<u4").reshape(-1, 4))]  # fmt: skip
+        self.stat_update("runs", value=len(runs))
+        dropped = self._first_kept(runs)
         self.stat_update("dropped", value=len(dropped))
         self._write(dropped)
+        self._sigs = {}
 
-    def _signatures(self, nodes: np.ndarray, sigs: dict[int, np.ndarray]) -> np.ndarray:
-        out = np.empty((len(nodes), self.perms), dtype=np.uint8)
+    def _signatures(self, nodes: np.ndarray, width: int) -> np.ndarray:
+        out = np.empty((len(nodes), width), dtype=np.uint8)
         task = nodes >> 32
         for t in np.unique(task).tolist():
-            if t not in sigs:
-                sigs[t] = np.memmap(Path(self.folder) / "full" / f"{t:05d}.u8", dtype=np.uint8, mode="r")
-                sigs[t] = sigs[t].reshape(-1, self.perms)
+            if t not in self._sigs:
+                found = np.memmap(Path(self.folder) / "full" / f"{t:05d}.u8", dtype=np.uint8, mode="r")
+                self._sigs[t] = found.reshape(-1, self.perms)
             pick = task == t
-            out[pick] = sigs[t][nodes[pick] & LOW]
+            out[pick] = self._sigs[t][nodes[pick] & LOW, :width]
         return out
 
-    def _similarity(self, pairs: np.ndarray) -> np.ndarray:
-        sigs: dict[int, np.ndarray] = {}
-        similarity = np.zeros(len(pairs))
-        for lo in range(0, len(pairs), PAIRS_AT_ONCE):
-            chunk = pairs[lo : lo + PAIRS_AT_ONCE]
-            a, b = self._signatures(chunk[:, 0], sigs), self._signatures(chunk[:, 1], sigs)
-            similarity[lo : lo + len(chunk)] = NearDedup._similarity(a, b)
-        return similarity
-
-    @staticmethod
-    def _first_kept(pairs: np.ndarray, similarity: np.ndarray) -> dict[int, tuple[int, float]]:
-        """Dropped node -> (the most similar earlier kept node, similarity), deciding nodes in input order."""
+    def _first_kept(self, runs: list[list[int]]) -> dict[int, tuple[int, float]]:
+        """Dropped node -> (the most similar earlier kept node, similarity), deciding nodes in input order: a node's
+        candidates are the first BUCKET_CAP kept nodes of each of its runs, as the in-process index holds them."""
+        if not runs:
+            return {}
+        nodes = np.concatenate([np.asarray(r, dtype=np.int64) for r in runs])
+        run_of = np.repeat(np.arange(len(runs)), [len(r) for r in runs])
+        order = np.lexsort((run_of, nodes))
+        nodes, run_of = nodes[order], run_of[order]
+        starts = np.flatnonzero(np.concatenate([[True], nodes[1:] != nodes[:-1]]))
+        kept_in: list[list[int]] = [[] for _ in runs]
         dropped: dict[int, tuple[int, float]] = {}
-        order = np.lexsort((pairs[:, 0], pairs[:, 1]))
-        for (earlier, later), value in zip(pairs[order].tolist(), similarity[order].tolist(), strict=True):
-            if earlier not in dropped and (later not in dropped or value > dropped[later][1]):
-                dropped[later] = (earlier, value)
+        for start, end in zip(starts.tolist(), [*starts[1:].tolist(), len(nodes)], strict=True):
+            node, its_runs = int(nodes[start]), run_of[start:end].tolist()
+            candidates = np.array(sorted({c for r in its_runs for c in kept_in[r]}), dtype=np.int64)
+            if len(candidates):
+                query = np.broadcast_to(self._signatures(np.array([node]), self.perms), (len(candidates), self.perms))
+                similarity = checked_similarity(self._signatures, candidates, query, self.threshold)
+                best = int(np.argmax(similarity))  # the first of the most similar: the earliest
+                if similarity[best] >= self.threshold:
+                    dropped[node] = (int(candidates[best]), float(similarity[best]))
+                    continue
+            for r in its_runs:
+                if len(kept_in[r]) < BUCKET_CAP:
+                    kept_in[r].append(node)
         return dropped
 
     def _names(self, nodes: set[int]) -> dict[int, list[Any]]:

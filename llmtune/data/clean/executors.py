@@ -217,6 +217,10 @@ def build(files: list[Path], out: Path, spec: CleanSpec, *, overwrite: bool = Fa
 def run_pipeline(files: list[Path], out: Path, spec: CleanSpec, *, overwrite: bool = False) -> dict[str, Any] | None:
     """Run (local, ray) or submit (slurm) the stages; the report when it is there, None when submitted."""
     built = build(files, out, spec, overwrite=overwrite)
-    built[-1].run()
+    try:
+        built[-1].run()
+    except BaseException:
+        shutil.rmtree(built[-1].pipeline[0].staging, ignore_errors=True)  # the work folder keeps the logs
+        raise
     report = out / REPORT_NAME
     return json.loads(report.read_text(encoding="utf-8")) if spec.executor.kind != "slurm" else None

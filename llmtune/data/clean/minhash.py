@@ -111,11 +111,15 @@ class HashTable:
         self.values = np.zeros(capacity, dtype=np.uint32)
         self.size = 0
 
-    def _prepare(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The keys in the table's type (64-bit keys cast to 32 bits keep their low half; 0 becomes 1), and each
-        one's home slot."""
+    def prepare(self, keys: np.ndarray) -> np.ndarray:
+        """The keys as the table stores them: in its type (64-bit keys cast to 32 bits keep their low half), 0 as 1."""
         keys = keys.astype(self.dtype)
         keys[keys == 0] = 1
+        return keys
+
+    def _prepare(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The stored form of the keys, and each one's home slot."""
+        keys = self.prepare(keys)
         return keys, (keys % self.dtype.type(len(self.keys))).astype(np.int64)
 
     def find(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
