@@ -99,11 +99,11 @@ def band_keys(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:
 
 
 class HashTable:
-    """Nonzero integer keys -> uint32 values by linear probing in two numpy arrays, 47-70% full; one key may hold
+    """Nonzero integer keys -> uint32 values by linear probing in two numpy arrays, 35-70% full; one key may hold
     several values (each in its own slot). Lookups and inserts take whole arrays of keys. 32-bit keys (LSH bands,
     whose candidates are verified anyway) take 8 bytes a slot; 64-bit keys (exact hashes) 12."""
 
-    MAX_LOAD, GROWTH, REHASH_CHUNK = 0.7, 1.5, 1 << 18
+    MAX_LOAD, GROWTH, REHASH_CHUNK, WINDOW = 0.7, 2, 1 << 18, 16
 
     def __init__(self, key_dtype: type = np.uint64, capacity: int = 1 << 16) -> None:
         self.dtype = np.dtype(key_dtype)
@@ -122,19 +122,32 @@ class HashTable:
         keys = self.prepare(keys)
         return keys, (keys % self.dtype.type(len(self.keys))).astype(np.int64)
 
+    def _window(self, slot: np.ndarray, width: int) -> np.ndarray:
+        """`width` slots from each of these on, wrapping around the end."""
+        window = slot[:, None] + np.arange(width)
+        window[window >= len(self.keys)] -= len(self.keys)
+        return window
+
+    def _width(self, step: int) -> int:
+        """Slots a probe looks at in its `step`-th turn: one at first (most probes end there), then WINDOW, so a long
+        run of equal or clustered keys costs a turn per WINDOW slots rather than per slot."""
+        return 1 if step < 2 else self.WINDOW
+
     def find(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(position in `keys`, value) for every stored entry whose key equals one of `keys`."""
         keys, slot = self._prepare(keys)
-        which = np.arange(len(keys))
+        which, step = np.arange(len(keys)), 0
         found_at, found_value = [], []
         while len(which):
-            stored = self.keys[slot]
-            hit = stored == keys[which]
+            window = self._window(slot, self._width(step))
+            stored = self.keys[window]
+            before_empty = np.cumsum(stored == 0, axis=1) == 0  # a probe ends at the first empty slot
+            hit = (stored == keys[which, None]) & before_empty
             if hit.any():
-                found_at.append(which[hit])
-                found_value.append(self.values[slot[hit]])
-            live = stored != 0
-            which, slot = which[live], slot[live] + 1
+                found_at.append(np.repeat(which, hit.sum(axis=1)))
+                found_value.append(self.values[window[hit]])
+            going = before_empty[:, -1]
+            which, slot, step = which[going], window[going, -1] + 1, step + 1
             slot[slot == len(self.keys)] = 0
         if not found_at:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.uint32)
@@ -144,17 +157,22 @@ class HashTable:
         if self.size + len(keys) > self.MAX_LOAD * len(self.keys):
             self._grow(self.size + len(keys))
         keys, slot = self._prepare(keys)
-        which = np.arange(len(keys))
+        which, step = np.arange(len(keys)), 0
         while len(which):
-            free = np.flatnonzero(self.keys[slot] == 0)
-            _, first = np.unique(slot[free], return_index=True)  # one claimant per free slot
-            won = free[first]
-            self.keys[slot[won]] = keys[which[won]]
-            self.values[slot[won]] = values[which[won]]
+            window = self._window(slot, self._width(step))
+            free = self.keys[window] == 0
+            found = free.any(axis=1)
+            target = window[np.arange(len(which)), np.argmax(free, axis=1)]  # the first free slot in the window
+            candidates = np.flatnonzero(found)
+            _, first = np.unique(target[candidates], return_index=True)  # one claimant per free slot
+            won = candidates[first]
+            self.keys[target[won]] = keys[which[won]]
+            self.values[target[won]] = values[which[won]]
             lost = np.ones(len(which), dtype=bool)
             lost[won] = False
-            which, slot = which[lost], slot[lost] + 1
+            slot = np.where(found, target, window[:, -1]) + 1
             slot[slot == len(self.keys)] = 0
+            which, slot, step = which[lost], slot[lost], step + 1
         self.size += len(keys)
 
     def _grow(self, entries: int) -> None:
