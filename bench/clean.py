@@ -89,7 +89,7 @@ def precision_recall(rows: list[dict], planted: set[int], name: str, root: Path)
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="llmtune clean: rows/s, peak RSS, near-duplicate precision/recall")
     p.add_argument("--rows", type=int, nargs="+", default=[100_000])
-    p.add_argument("--full", action="store_true", help="also 1M rows (about 10 minutes on 2 cores)")
+    p.add_argument("--full", action="store_true", help="also 1M rows (a few minutes on 2 cores)")
     p.add_argument("--planted", type=int, default=4000, help="rows in each precision/recall set")
     args = p.parse_args(argv)
     sizes = sorted(set(args.rows + ([1_000_000] if args.full else [])))

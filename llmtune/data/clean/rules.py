@@ -1,9 +1,10 @@
 """Language identification and rule filters, each a step: check(text) -> None to keep, or the reason to drop.
 
-The Gopher and C4 rules are datatrove's own filters, called in-process on a Document (no executor). datatrove
-splits English words with spaCy, which we do not install: RegexWords is a dependency-free word tokenizer handed to
-the filters instead (words are runs of letters/digits; each CJK character is a word; sentences end at . ! ? and
-their CJK forms or a line break). Rows are never edited: C4's line removals only count towards its verdict.
+The Gopher and C4 rules are datatrove's own filters, called on a Document (under an executor the steps themselves
+become datatrove filters: llmtune.data.clean.trove). datatrove splits English words with spaCy, which we do not
+install: RegexWords is a dependency-free word tokenizer handed to the filters instead (words are runs of
+letters/digits; each CJK character is a word; sentences end at . ! ? and their CJK forms or a line break). Rows
+are never edited: C4's line removals only count towards its verdict.
 """
 
 from __future__ import annotations
