@@ -45,13 +45,17 @@ def write(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def run_clean(data: Path, out: Path, *extra: str) -> tuple[float, float]:
-    """Seconds and peak RSS (MiB) of one `llmtune clean` process."""
+def run_clean(data: Path, out: Path, *extra: str) -> tuple[float, float, float]:
+    """Seconds, peak RSS (MiB) and CPU seconds (user + system: less swayed by a loaded machine) of one
+    `llmtune clean` process."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     subprocess.run([sys.executable, "-m", "llmtune", "-q", "clean", str(data), "--out", str(out), "--overwrite",
                     *extra], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)  # fmt: skip
     seconds = time.perf_counter() - started
-    return seconds, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # sizes run smallest first
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return seconds, after.ru_maxrss / 1024, cpu  # sizes run smallest first, so the peak is this run's
 
 
 def planted_documents(n: int) -> tuple[list[dict], set[int]]:
@@ -102,12 +106,13 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"clean: {n:,} short chat rows ({data.stat().st_size / 2**20:.0f} MiB); load {load_average()}", flush=True
         )
-        seconds, rss = run_clean(data, root / f"out-{n}")
+        seconds, rss, cpu = run_clean(data, root / f"out-{n}")
         report = json.loads((root / f"out-{n}" / "clean_report.json").read_text())
         steps = ", ".join(f"{s['step']} -{s['dropped']:,}" for s in report["steps"])
-        print(f"  {seconds:.1f} s, {n / seconds:,.0f} rows/s, peak RSS {rss:,.0f} MiB; {steps}", flush=True)
+        print(f"  {seconds:.1f} s ({cpu:.1f} CPU s), {n / seconds:,.0f} rows/s ({n / cpu:,.0f} a CPU second), peak "
+              f"RSS {rss:,.0f} MiB; {steps}", flush=True)  # fmt: skip
         rows.append(result_row(f"clean {n // 1000}k short rows: rows/s", n / seconds, "(info)", None,
-                               f"{seconds:.1f} s; {steps}"))  # fmt: skip
+                               f"{seconds:.1f} s, {cpu:.1f} CPU s; {steps}"))  # fmt: skip
         rows.append(result_row(f"clean {n // 1000}k short rows: peak RSS (MiB)", rss, "(info)", None))
     sets = {"documents": planted_documents(args.planted), "short rows": planted_short_rows(args.planted)}
     for name, (data, planted) in sets.items():
