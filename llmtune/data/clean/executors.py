@@ -23,7 +23,7 @@ from typing import Any
 
 from datatrove.pipeline.base import PipelineStep
 
-from llmtune.data.clean.dedup import LSH_PERMUTATIONS, LSH_WEIGHTS, near_settings
+from llmtune.data.clean.dedup import lsh_bands, near_settings
 from llmtune.data.clean.merge import merged_report
 from llmtune.data.clean.pipeline import parsed_rows
 from llmtune.data.clean.rows import open_writer, row_kind
@@ -82,7 +82,6 @@ def stages(files: list[Path], kinds: list[str], spec: CleanSpec, work: Path, sta
 def kind_stages(kind: str, files: list[Path], spec: CleanSpec, work: Path,
                 staging: Path) -> list[tuple[str, list[Any], int]]:  # fmt: skip
     """Deduplication and writing of the rows of one kind."""
-    from datasketch import MinHashLSH
     from datatrove.pipeline.dedup import ExactDedupFilter, ExactDedupSignature, ExactFindDedups
     from datatrove.pipeline.dedup.exact_dedup import ExactDedupConfig
     from datatrove.pipeline.dedup.minhash import MinhashDedupBuckets, MinhashDedupFilter
@@ -117,11 +116,11 @@ def kind_stages(kind: str, files: list[Path], spec: CleanSpec, work: Path,
     near_filter: list[Any] = []
     if spec.near.enabled:
         ngram, threshold, perms = near_settings(spec.near, kind)
-        lsh = MinHashLSH(threshold=threshold, num_perm=min(perms, LSH_PERMUTATIONS), weights=LSH_WEIGHTS)
-        sign = NearSignature(near, ngram, perms, spec.near.seed, lsh.b, lsh.r)
+        bands, rows = lsh_bands(threshold, perms)
+        sign = NearSignature(near, ngram, perms, spec.near.seed, bands, rows)
         found.append((f"near1-{kind}", [read(), *exact_filter(), sign], tasks))
         found.append(
-            (f"near2-{kind}", [MinhashDedupBuckets(f"{near}/sigs", f"{near}/dups", config=sign.config)], lsh.b)
+            (f"near2-{kind}", [MinhashDedupBuckets(f"{near}/sigs", f"{near}/dups", config=sign.config)], bands)
         )
         found.append((f"near3-{kind}", [VerifiedCluster(near, threshold, perms, parts, kind)], 1))
         recorder = DropRecorder(parts, "near", kind, n, reasons=f"{near}/reasons")

@@ -1,9 +1,9 @@
 """llmtune clean's steps as datatrove pipeline steps, for its executors (clean.executor.kind: local, slurm, ray).
 
 A reader of our row formats that keeps each raw row in the Document's metadata, so the writer puts it back in the
-input's own format; our language and rule steps as datatrove filters; MinHash stage 1 with the in-process
-signatures; a stage 3 that verifies LSH candidates and keeps the first row of a cluster, as the in-process step
-does; and exclusion writers that record what each task dropped in a small JSON "part" for the report.
+input's own format; our language and rule steps as datatrove filters; stage files in JSON lines; MinHash stage 1
+with the in-process signatures (stage 3, which verifies LSH candidates, is llmtune.data.clean.cluster); and
+exclusion writers that record what each task dropped in a small JSON "part" for the report.
 """
 
 from __future__ import annotations
