@@ -187,3 +187,155 @@ def test_a_recipe_file_sets_the_clean_section_and_names_its_line(tmp_path, capsy
     recipe.write_text("clean:\n  near:\n    treshold: 0.5\n", encoding="utf-8")
     code, _, err = run_main(capsys, "clean", str(src), "--out", str(tmp_path / "o2"), "--recipe", str(recipe))
     assert code == 2 and "clean.yaml:3" in err and "did you mean 'threshold'" in err
+
+
+def test_batched_signatures_are_datasketchs_minhash():
+    from datasketch import MinHash
+
+    from llmtune.data.clean.minhash import shingle_hashes, signatures, word_hashes
+
+    rows = [word_hashes(t) for t in ("The old farmer carried the wooden fence home.", "Short one", "", "a b c d e")]
+    for ngram, perms in ((2, 256), (5, 128)):
+        hashes, starts = shingle_hashes(rows, ngram)
+        ends = [*starts[1:].tolist(), len(hashes)]
+        for row, sig in enumerate(signatures(rows, ngram, perms, seed=1)):
+            reference = MinHash(num_perm=perms, seed=1, scheme="affine32", hashfunc=int)
+            reference.update_batch(hashes[starts[row] : ends[row]].tolist())
+            assert (reference.hashvalues == sig).all()
+
+
+def test_the_hash_table_finds_what_was_inserted_across_growth():
+    import numpy as np
+
+    from llmtune.data.clean.minhash import HashTable
+
+    rng = np.random.default_rng(0)
+    for dtype in (np.uint32, np.uint64):
+        table, model = HashTable(dtype, capacity=16), {}
+        for _ in range(30):
+            queries = rng.integers(0, 3000, size=100).astype(np.uint64)
+            at, values = table.find(queries)
+            expected = sorted((i, v) for i, q in enumerate(queries.tolist()) for v in model.get(q or 1, []))
+            assert sorted(zip(at.tolist(), values.tolist(), strict=True)) == expected
+            keys = rng.integers(0, 3000, size=int(rng.integers(1, 200))).astype(np.uint64)
+            values = rng.integers(0, 2**32, size=len(keys)).astype(np.uint32)
+            table.insert(keys, values)
+            for k, v in zip(keys.tolist(), values.tolist(), strict=True):
+                model.setdefault(k or 1, []).append(v)
+
+
+def test_a_short_chat_rows_one_word_copy_goes_at_the_defaults_and_its_template_mates_stay(tmp_path, capsys):
+    rows = [
+        chat_row("What did the old farmer do with the ka12 lo34 mi56 nu78?",
+                 "The river pilot ordered the ka12 lo34 mi56 nu78 as the sun rose over the hills."),
+        chat_row("What did the old farmer do with the pe11 ro22 sa33 ti44?",  # same template, other nouns (J ~0.6)
+                 "The river pilot ordered the pe11 ro22 sa33 ti44 as the sun rose over the hills."),
+        chat_row("What is the capital of Kalo?", "The capital of Kalo is Mivu."),
+        chat_row("What did the old farmer do with the ka12 lo34 mi56 nu78?",  # one word changed (J ~0.82)
+                 "The river pilot ordered the ka12 lo34 mi56 nu78 as the sun rose over the mountains."),
+        chat_row("What is the capital of Tize?", "The capital of Tize is Nuro."),
+    ]  # fmt: skip
+    src = write_jsonl(tmp_path / "chat.jsonl", rows)
+    code, _, err = run_main(capsys, "clean", str(src), "--out", str(tmp_path / "out"))
+    assert code == 0, err
+    assert read_jsonl(tmp_path / "out" / "chat.jsonl") == [rows[0], rows[1], rows[2], rows[4]]
+    near = report(tmp_path / "out")["steps"][-1]
+    assert (
+        near["dropped"] == 1
+        and "near duplicate of" in near["examples"][0]["reason"]
+        and ":1 " in near["examples"][0]["reason"]
+    )
+
+
+def executor_inputs(tmp_path: Path) -> list[str]:
+    """Planted documents in three files (copies across files) and planted short chat rows in a fourth."""
+    from bench.cleandata import planted_short_rows
+
+    texts, _, _ = planted_texts(90, seed=3)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for i in range(3):
+        write_jsonl(inputs / f"docs{i}.jsonl", [{"text": t} for t in texts[i * 30 : (i + 1) * 30]])
+    rows, _ = planted_short_rows(200, seed=4)
+    write_jsonl(inputs / "chat.jsonl", rows + rows[:3])  # exact copies too
+    return sorted(str(p) for p in inputs.iterdir())
+
+
+def test_the_local_executor_path_drops_the_same_rows_as_the_default_path(tmp_path, capsys):
+    files = executor_inputs(tmp_path)
+    code, _, err = run_main(capsys, "clean", *files, "--out", str(tmp_path / "default"))
+    assert code == 0, err
+    code, out, err = run_main(capsys, "clean", *files, "--out", str(tmp_path / "local"), "--set",
+                              "clean.executor.kind=local", "--set", "clean.executor.tasks=3")  # fmt: skip
+    assert code == 0, err
+    for name in map(lambda f: Path(f).name, files):
+        assert (tmp_path / "default" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
+    default, local = report(tmp_path / "default"), report(tmp_path / "local")
+    assert [s["dropped"] for s in local["steps"]] == [s["dropped"] for s in default["steps"]]
+    assert all(s["dropped"] for s in default["steps"][1:])  # exact and near both had work
+    assert [f["steps"] for f in local["files"]] == [f["steps"] for f in default["files"]]
+    assert local["largest_clusters"]["near"] == default["largest_clusters"]["near"]
+    assert local["steps"][2]["examples"] == default["steps"][2]["examples"]  # near reasons name the kept row
+    # exact: the same clusters, but datatrove does not say which rows were copies of which
+    assert [c["kept"] for c in local["largest_clusters"]["exact"]] == [
+        c["kept"] for c in default["largest_clusters"]["exact"]
+    ]
+    assert {e["reason"] for e in local["steps"][1]["examples"]} == {"duplicate"}
+    assert "rows in" in out and sorted(p.name for p in (tmp_path / "local.datatrove").iterdir()) == ["logs"]
+
+
+def test_slurm_and_ray_settings_build_their_executors(tmp_path):
+    from datatrove.executor import RayPipelineExecutor, SlurmPipelineExecutor
+
+    from llmtune.data.clean.executors import Finish, executors, stages
+    from llmtune.data.clean.spec import CleanSpec
+
+    files = [Path(f) for f in executor_inputs(tmp_path)]
+    kinds = ["chat", "text", "text", "text"]
+    slurm = CleanSpec(executor={"kind": "slurm", "tasks": 4, "partition": "cpu", "time": "1-02:00:00",
+                                "sbatch_args": {"account": "lab"}})  # fmt: skip
+    finish = Finish(files, [], kinds, tmp_path / "out", tmp_path / "staging", tmp_path / "work", slurm)
+    plan = stages(files, kinds, slurm, tmp_path / "work", tmp_path / "staging", finish)
+    built = executors(plan, slurm, tmp_path / "logs")
+    assert all(isinstance(e, SlurmPipelineExecutor) for e in built)
+    assert [e.depends for e in built[1:]] == built[:-1]
+    assert [e.job_name for e in built][:3] == [
+        "llmtune-clean-filter",
+        "llmtune-clean-exact1-chat",
+        "llmtune-clean-exact2-chat",
+    ]
+    assert [(e.tasks, e.partition, e.time) for e in built[:2]] == [(4, "cpu", "1-02:00:00")] * 2
+    assert built[0].get_sbatch_args()["account"] == "lab"
+    buckets = next(e for e in built if e.job_name.endswith("near2-text"))
+    assert buckets.tasks == buckets.pipeline[0].config.num_buckets == 18  # a task a band
+    ray = CleanSpec(executor={"kind": "ray", "tasks": 2, "cpus_per_task": 2, "time": "00:30:00"})
+    built = executors(stages(files, kinds, ray, tmp_path / "w2", tmp_path / "s2", finish), ray, tmp_path / "l2")
+    assert all(isinstance(e, RayPipelineExecutor) for e in built)
+    assert (built[0].tasks, built[0].cpus_per_task, built[0].time) == (2, 2, 1800)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (["clean.executor.kind=dask"], "clean.executor.kind"),
+        (["clean.executor.kind=slurm", "clean.executor.time=02:00:00"], "clean.executor.partition: needed"),
+        (
+            ["clean.executor.kind=slurm", "clean.executor.partition=cpu", "clean.executor.time=2h"],
+            "clean.executor.time",
+        ),
+        (["clean.executor.kind=slurm", "clean.executor.partition=cpu", "clean.executor.time=02:00:00"], "`sbatch`"),
+        (["clean.executor.kind=ray"], "pip install 'llmtune[ray]'"),
+        (["clean.executor.kind=local", "clean.executor.tasks=0"], "clean.executor.tasks"),
+        (
+            ["clean.executor.kind=local", "clean.perplexity.model=x", "clean.perplexity.keep_fraction=0.5"],
+            "clean.executor.kind: the perplexity step",
+        ),
+    ],
+)
+def test_bad_executor_settings_exit_2_naming_the_key(tmp_path, capsys, monkeypatch, settings, message):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch here
+    src = write_jsonl(tmp_path / "docs.jsonl", [{"text": "fine"}])
+    code, _, err = run_main(capsys, "clean", str(src), "--out", str(tmp_path / "out"),
+                            *[a for s in settings for a in ("--set", s)])  # fmt: skip
+    assert code == 2 and message in err and err.count("\n") <= 3, err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.datatrove").exists()

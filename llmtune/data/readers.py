@@ -78,15 +78,18 @@ def _read_csv(path: Path, label: str) -> Raw:
 
 
 def _read_parquet(path: Path, label: str) -> Raw:
+    """Row group by row group (a batch of rows in memory at a time, not the file)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    i = 0
     try:
-        table = pq.read_table(path)
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=8192):
+            for row in batch.to_pylist():
+                i += 1
+                yield f"{label}: row {i}", row
     except pa.ArrowException as exc:
         raise UserError(f"{label}: not a readable Parquet file ({exc})") from None
-    for i, row in enumerate(table.to_pylist(), start=1):
-        yield f"{label}: row {i}", row
 
 
 def _read_txt(path: Path, label: str) -> Raw:

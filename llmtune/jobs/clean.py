@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 from llmtune import console
-from llmtune.data.clean.pipeline import Pipeline, Scanned, parsed_rows, step_names
+from llmtune.data.clean.pipeline import Pipeline, Scanned, parsed_rows, raw_rows, step_names
 from llmtune.data.clean.report import Report, print_report
 from llmtune.data.clean.rows import WRITERS, open_writer
 from llmtune.data.clean.spec import CleanSpec
@@ -73,15 +73,31 @@ def perplexity_filter(spec: CleanSpec, scanned: list[Scanned], report: Report) -
 
 def write_kept(item: Scanned, out_file: Path) -> None:
     with open_writer(out_file) as write:
-        for row_no, (_where, _fmt, raw, _text) in enumerate(parsed_rows(item.path, str(item.path))):
-            if item.keep[row_no]:
+        for raw, keep in zip(raw_rows(item.path), item.keep, strict=True):
+            if keep:
                 write(raw)
 
 
-def clean(files: list[Path], out: Path, spec: CleanSpec, *, overwrite: bool = False) -> Report:
+def run_under_executor(files: list[Path], out: Path, spec: CleanSpec, overwrite: bool) -> dict | None:
+    """The same cleaning as datatrove stages under its local, Slurm or Ray executor (llmtune.data.clean.executors)."""
+    from llmtune.data.clean.executors import run_pipeline
+
+    data = run_pipeline(files, out, spec, overwrite=overwrite)
+    if data is None:
+        console.info(f"submitted to Slurm; the cleaned files and {REPORT_NAME} will be in {out} once the last job "
+                     f"ends (logs: {spec.executor.logging_dir or 'the work folder'})", markup=False)  # fmt: skip
+        return None
+    print_report(data)
+    console.info(f"report: {out / REPORT_NAME}", markup=False)
+    return data
+
+
+def clean(files: list[Path], out: Path, spec: CleanSpec, *, overwrite: bool = False) -> Report | dict | None:
     """Clean `files` into `out` (one output file per input, same name and format) and return the report."""
     check_inputs(files, out)
     refuse_nonempty(out, overwrite, "clean --out", "pass --overwrite to replace it")
+    if spec.executor.kind:
+        return run_under_executor(files, out, spec, overwrite)
     with_model = spec.perplexity.model is not None
     report = Report(step_names(spec, with_model), examples_per_reason=spec.examples,
                     settings=spec.model_dump(mode="json"))  # fmt: skip
@@ -97,6 +113,6 @@ def clean(files: list[Path], out: Path, spec: CleanSpec, *, overwrite: bool = Fa
         write_kept(item, staging / item.path.name)
     (staging / REPORT_NAME).write_text(json.dumps(report.to_json(), indent=2, ensure_ascii=False) + "\n")
     move_into_place(staging, out)
-    print_report(report)
+    print_report(report.to_json())
     console.info(f"report: {out / REPORT_NAME}", markup=False)
     return report

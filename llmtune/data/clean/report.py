@@ -10,6 +10,11 @@ from typing import Any
 SNIPPET = 160
 
 
+def generic_reason(reason: str) -> str:
+    """A reason without the row it names ("duplicate of a.jsonl:3" -> "duplicate"), for counting."""
+    return reason.split(" of ", 1)[0] if reason.startswith(("duplicate", "near duplicate")) else reason
+
+
 @dataclass
 class StepCount:
     """Rows one step saw and dropped (in one file, or in all)."""
@@ -54,7 +59,7 @@ class Report:
 
     def drop(self, step: str, where: str, text: str, reason: str) -> None:
         """Count a dropped row; keep its text as an example while its reason has fewer than the limit."""
-        generic = reason.split(" of ", 1)[0] if reason.startswith(("duplicate", "near duplicate")) else reason
+        generic = generic_reason(reason)
         counter = self.reasons.setdefault(step, Counter())
         counter[generic] += 1
         shown = self.examples.setdefault(step, [])
@@ -95,14 +100,13 @@ class Report:
         }
 
 
-def print_report(report: Report) -> None:
-    """The report as tables on stdout; warnings loudly on stderr."""
+def print_report(data: dict[str, Any]) -> None:
+    """The report (`Report.to_json()`) as tables on stdout; warnings loudly on stderr."""
     from rich.table import Table
 
     from llmtune import console
     from llmtune.console import stdout
 
-    data = report.to_json()
     table = Table(title=f"llmtune clean: {data['rows_in']:,} rows in, {data['rows_out']:,} out")
     for column in ("step", "in", "dropped", "out", "top reasons"):
         table.add_column(column, justify="left" if column in ("step", "top reasons") else "right")

@@ -1,9 +1,10 @@
 """Language identification and rule filters, each a step: check(text) -> None to keep, or the reason to drop.
 
-The Gopher and C4 rules are datatrove's own filters, called in-process on a Document (no executor). datatrove
-splits English words with spaCy, which we do not install: RegexWords is a dependency-free word tokenizer handed to
-the filters instead (words are runs of letters/digits; each CJK character is a word; sentences end at . ! ? and
-their CJK forms or a line break). Rows are never edited: C4's line removals only count towards its verdict.
+The Gopher and C4 rules are datatrove's own filters, called on a Document (under an executor the steps themselves
+become datatrove filters: llmtune.data.clean.trove). datatrove splits English words with spaCy, which we do not
+install: RegexWords is a dependency-free word tokenizer handed to the filters instead (words are runs of
+letters/digits; each CJK character is a word; sentences end at . ! ? and their CJK forms or a line break). Rows
+are never edited: C4's line removals only count towards its verdict.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import unicodedata
 from collections import Counter
 from functools import lru_cache
 from typing import Any
+
+from datatrove.utils.word_tokenizers import WordTokenizer
 
 from llmtune.data.clean.spec import LangSpec, RulesSpec
 from llmtune.errors import UserError
@@ -41,21 +44,39 @@ def words(text: str) -> list[str]:
     return WORD.findall(text)
 
 
+_ALNUM = bytes(c for c in range(128) if chr(c).isalnum())
+_DIGITS = b"0123456789"
+
+
+def char_counts(text: str) -> tuple[int, int, int]:
+    """(letters and digits, digits, all) among the text's characters that are not whitespace."""
+    solid = "".join(text.split())
+    if solid.isascii():  # the common case, counted in C
+        raw = solid.encode("ascii")
+        return len(raw) - len(raw.translate(None, _ALNUM)), len(raw) - len(raw.translate(None, _DIGITS)), len(raw)
+    return sum(map(str.isalnum, solid)), sum(map(str.isdigit, solid)), len(solid)
+
+
+class RegexWords(WordTokenizer):
+    """datatrove's word tokenizer interface without spaCy or NLTK: `words`, and sentences ending at . ! ? (and their
+    CJK forms) or a line break. A module-level class, so pipelines holding it can be pickled for executors."""
+
+    def __init__(self) -> None:
+        super().__init__("en")
+
+    def word_tokenize(self, text: str) -> list[str]:
+        return words(text)
+
+    def sent_tokenize(self, text: str) -> list[str]:
+        return [s.strip() for s in SENTENCE.findall(text) if s.strip()]
+
+    def span_tokenize(self, text: str) -> list[tuple[int, int]]:
+        return [m.span() for m in SENTENCE.finditer(text) if m.group().strip()]
+
+
 @lru_cache(maxsize=1)
-def _regex_word_tokenizer() -> Any:
-    from datatrove.utils.word_tokenizers import WordTokenizer
-
-    class RegexWords(WordTokenizer):
-        def word_tokenize(self, text: str) -> list[str]:
-            return words(text)
-
-        def sent_tokenize(self, text: str) -> list[str]:
-            return [s.strip() for s in SENTENCE.findall(text) if s.strip()]
-
-        def span_tokenize(self, text: str) -> list[tuple[int, int]]:
-            return [m.span() for m in SENTENCE.finditer(text) if m.group().strip()]
-
-    return RegexWords("en")
+def _regex_word_tokenizer() -> RegexWords:
+    return RegexWords()
 
 
 class LanguageStep:
@@ -123,24 +144,23 @@ class RuleStep:
             return f"fewer than {s['min_words']} words"
         if len(found) > s["max_words"]:
             return f"more than {s['max_words']} words"
-        chars = [c for c in text if not c.isspace()] or [""]
-        symbols = sum(1 for c in chars if c and not c.isalnum()) / len(chars)
-        if symbols > s["max_symbol_ratio"]:
+        alnum, digits, chars = char_counts(text)
+        if (chars - alnum) / (chars or 1) > s["max_symbol_ratio"]:
             return f"symbol ratio above {s['max_symbol_ratio']}"
-        if sum(1 for c in chars if c.isdigit()) / len(chars) > s["max_digit_ratio"]:
+        if digits / (chars or 1) > s["max_digit_ratio"]:
             return f"digit ratio above {s['max_digit_ratio']}"
+        lowered = list(map(str.lower, found))
         if len(found) >= REPETITION_MIN_WORDS:
-            top = Counter(w.lower() for w in found).most_common(1)[0]
+            top = Counter(lowered).most_common(1)[0]
             if top[1] / len(found) > s["max_top_word_ratio"]:
                 return f"word {top[0]!r} repeated ({top[1]} of {len(found)} words)"
-        stops = sum(1 for w in found if w.lower() in STOP_WORDS) if s["min_stop_words"] else 0
-        if s["min_stop_words"] and not CJK.search(text) and stops < s["min_stop_words"]:
+        if s["min_stop_words"] and not CJK.search(text) and sum(w in STOP_WORDS for w in lowered) < s["min_stop_words"]:
             return f"fewer than {s['min_stop_words']} stop words"
         for pattern in self.patterns:
             if pattern.search(text):
                 return f"matches {pattern.pattern!r}"
-        if self.drop_words and (hit := next((w for w in found if w.lower() in self.drop_words), None)):
-            return f"contains {hit.lower()!r}"
+        if self.drop_words and (hit := next((w for w in lowered if w in self.drop_words), None)):
+            return f"contains {hit!r}"
         return self._datatrove(text)
 
     def _datatrove(self, text: str) -> str | None:

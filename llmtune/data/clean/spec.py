@@ -6,6 +6,8 @@ rules such as Gopher's 50-word minimum suit pretraining documents, not a chat tu
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, model_validator
 
 from llmtune.schema import Strict
@@ -57,16 +59,18 @@ class ExactSpec(Strict):
 
 
 class NearSpec(Strict):
-    """Near-duplicate deduplication with MinHash and LSH (datasketch); the first row of a cluster is kept."""
+    """Near-duplicate deduplication with MinHash and LSH; null takes the row kind's default (text: 5-word shingles,
+    128 permutations; chat, preference, prompt: 2-word shingles, 256 permutations; threshold 0.7 for all). The
+    first row of a cluster is kept."""
 
     enabled: bool = True
     """Run the step."""
-    threshold: float = Field(0.8, gt=0, lt=1)
-    """Estimated Jaccard similarity of word n-gram sets above which a row is a duplicate of an earlier one."""
-    ngram: int = Field(5, gt=0)
+    threshold: float | None = Field(None, gt=0, lt=1)
+    """Estimated Jaccard similarity of word n-gram sets at or above which a row is a duplicate of an earlier one."""
+    ngram: int | None = Field(None, gt=0)
     """Words per shingle (rows shorter than this are one shingle)."""
-    permutations: int = Field(128, ge=16, le=1024)
-    """MinHash permutations: more is more exact and slower."""
+    permutations: int | None = Field(None, ge=16, le=1024)
+    """MinHash permutations: more estimate similarity more exactly and take longer."""
     seed: int = 1
     """Seed of the hash permutations (the same seed gives the same result)."""
 
@@ -92,6 +96,42 @@ class ModelFilterSpec(Strict):
         return self
 
 
+class ExecutorSpec(Strict):
+    """Run the cleaning as a datatrove pipeline under one of its executors instead of in this process; for data
+    beyond one machine (see docs/data.md: the same steps, stage by stage, through files in `work_dir`)."""
+
+    kind: Literal["local", "slurm", "ray"] | None = None
+    """null: one streaming process (the default); local: datatrove's LocalPipelineExecutor (several processes);
+    slurm: SlurmPipelineExecutor (sbatch job arrays; needs `sbatch`); ray: RayPipelineExecutor (needs
+    `pip install 'llmtune[ray]'`)."""
+    tasks: int = Field(1, gt=0)
+    """Tasks of each data stage; the input files are split between them in order (a file is never split)."""
+    workers: int = Field(-1, ge=-1)
+    """Tasks run at the same time (-1: all)."""
+    work_dir: str | None = None
+    """Folder for the stages' intermediate files, on a filesystem every task can read (null: OUT.datatrove beside
+    --out); emptied on success except its `logs`."""
+    logging_dir: str | None = None
+    """datatrove's logs, stats and completion marks (null: WORK_DIR/logs)."""
+    partition: str | None = None
+    """Slurm partition to submit to (slurm: required)."""
+    time: str | None = Field(None, pattern=r"^(\d+-)?\d{1,2}:\d{2}:\d{2}$")
+    """Time limit of each job, [D-]HH:MM:SS (slurm: required; ray: a task's timeout)."""
+    cpus_per_task: int = Field(1, gt=0)
+    """CPUs of each task (slurm, ray)."""
+    mem_per_cpu_gb: float = Field(2, gt=0)
+    """Memory per CPU in GB (slurm, ray)."""
+    qos: str = "normal"
+    """Slurm quality of service."""
+    job_name: str = "llmtune-clean"
+    """Slurm job name (each stage adds its own suffix)."""
+    env_command: str | None = None
+    """Shell command each Slurm job runs first to set up Python (null: activate the virtual environment running
+    llmtune, when there is one)."""
+    sbatch_args: dict[str, str] = {}
+    """More `#SBATCH --key=value` lines (account, constraint, ...)."""
+
+
 class CleanSpec(Strict):
     """What `llmtune clean` does; flags on the command line override these."""
 
@@ -105,6 +145,8 @@ class CleanSpec(Strict):
     """Near-duplicate deduplication."""
     perplexity: ModelFilterSpec = ModelFilterSpec()
     """The model filter."""
+    executor: ExecutorSpec = ExecutorSpec()
+    """Where the steps run: this process (the default) or a datatrove executor (local, Slurm, Ray)."""
     warn_drop_fraction: float = Field(0.5, gt=0, le=1)
     """A step dropping more than this fraction of a file's rows is reported as a warning."""
     examples: int = Field(3, ge=0)
