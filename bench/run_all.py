@@ -25,6 +25,7 @@ SUITE: list[tuple[str, str, list[str]]] = [
     ("clean", "bench.clean", []),
     ("grpo_overhead", "bench.grpo_overhead", []),
     ("real_model", "bench.real_model", ["--quick", "--threads", "1"]),
+    ("dpo_real", "bench.dpo_real", ["--quick", "--threads", "1"]),
 ]
 QUICK: dict[str, list[str]] = {
     "sft_overhead": ["--models", "tiny", "--repeats", "1", "--steps", "8"],
@@ -33,6 +34,7 @@ QUICK: dict[str, list[str]] = {
     "clean": ["--rows", "2000", "--planted", "400"],
     "grpo_overhead": ["--repeats", "1", "--steps", "6"],
     "real_model": ["--variants", "llmtune"],
+    "dpo_real": ["--variants", "llmtune"],
 }
 
 
