@@ -42,15 +42,21 @@ def test_same_loss_metrics_and_gradients_as_trl(chunk_rows):
     results = []
     for ours in (False, True):
         model, base = _model()
-        add_fused_lm_head(base, outputs=("log_probs", "entropy", "is_top1"))
+        add_fused_lm_head(base, outputs=("log_probs", "entropy", "mean_logits", "is_top1"))  # DPO's set
         if ours:
             assert add_cpu_fused_lm_head(base, chunk_rows=chunk_rows)
+        with torch.no_grad():  # as DPO's reference pass: same log-probs, no gradient work
+            reference = model(input_ids=ids, labels=labels, fused_lm_head=True).log_probs
         out = model(input_ids=ids, labels=labels, fused_lm_head=True)
+        torch.testing.assert_close(reference, out.log_probs.detach())
         out.loss.backward()
         grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad])
-        results.append((out.loss.detach(), out.entropy.sum(), out.is_top1.sum(), out.label_mask, grads))
-    (loss_a, ent_a, top_a, mask_a, grad_a), (loss_b, ent_b, top_b, mask_b, grad_b) = results
+        results.append((out.loss.detach(), out.entropy.sum(), out.is_top1.sum(), out.label_mask, grads,
+                        out.log_probs.detach(), out.mean_logits))  # fmt: skip
+    (loss_a, ent_a, top_a, mask_a, grad_a, lp_a, ml_a), (loss_b, ent_b, top_b, mask_b, grad_b, lp_b, ml_b) = results
     torch.testing.assert_close(loss_b, loss_a)
+    torch.testing.assert_close(lp_b, lp_a, rtol=1e-5, atol=1e-5)  # zero where the label is -100, in both
+    torch.testing.assert_close(ml_b, ml_a, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(ent_b, ent_a, rtol=1e-5, atol=1e-4)
     assert int(top_a) == int(top_b)
     assert torch.equal(mask_a, mask_b)
@@ -89,13 +95,23 @@ def test_train_cpu_fused_head_false_keeps_trls_head(monkeypatch):
 
     from llmtune.modeling import fused_head
     from llmtune.schema import TrainSpec
-    from llmtune.stages import sft
+    from llmtune.training import run
 
     calls = []
     monkeypatch.setattr(fused_head, "add_cpu_fused_lm_head", calls.append)
     monkeypatch.setattr("llmtune.modeling.has_cuda", lambda: False)
     assert TrainSpec().cpu_fused_head
-    for on, fsdp in ((True, False), (False, False), (True, True)):  # sharded weights keep TRL's head too
-        trainer = SimpleNamespace(model="base", is_fsdp_enabled=fsdp, is_deepspeed_enabled=False)
-        sft._cpu_lm_head(trainer, SimpleNamespace(train=TrainSpec(cpu_fused_head=on)))
-    assert calls == ["base"]
+    cases = [
+        ("sft", True, False, False),
+        ("sft", False, False, False),
+        ("sft", True, True, False),  # FSDP: TRL's
+        ("dpo", True, False, False),
+        ("dpo", True, False, True),
+        ("rm", True, False, False),
+    ]  # WPO, rm: TRL's
+    for stage, on, fsdp, weighting in cases:
+        trainer = SimpleNamespace(model=stage, ref_model=None, is_fsdp_enabled=fsdp, is_deepspeed_enabled=False,
+                                  use_weighting=weighting)  # fmt: skip
+        recipe = SimpleNamespace(stage=stage, method=SimpleNamespace(kind="full"), train=TrainSpec(cpu_fused_head=on))
+        run._cpu_kernels(trainer, recipe)
+    assert calls == ["sft", "dpo"]

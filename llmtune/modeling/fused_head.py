@@ -1,4 +1,5 @@
-"""A CPU LM head + cross-entropy for SFT that never holds more than a few row-chunks of full-vocabulary logits.
+"""A CPU LM head for the log-probabilities of sft, pt, dpo and kto: labelled positions only, a few row-chunks of
+full-vocabulary logits at a time.
 
 TRL (1.16) patches the model with a fused LM head (`trl.trainer.utils.add_fused_lm_head`). On CUDA it runs Triton
 kernels over the labelled positions only; elsewhere it falls back to torch ops that score *every* position (prompt
@@ -29,21 +30,24 @@ from typing import Any
 CHUNK_ROWS = 256
 
 
-def _projection(hidden: Any, weight: Any, targets: Any, chunk_rows: int, metrics: bool) -> tuple[Any, Any, Any, Any]:
-    """Per-row log p(target), entropy, is-top-1 and d log p(target) / d hidden, chunk by chunk (no autograd)."""
+def _projection(hidden: Any, weight: Any, targets: Any, chunk_rows: int, metrics: bool, want_grad: bool) -> tuple:
+    """Per-row log p(target), entropy, is-top-1, mean logit and (with want_grad) d log p(target) / d hidden, chunk
+    by chunk (no autograd)."""
     import torch
 
     n = hidden.size(0)
     log_probs = torch.empty(n, dtype=torch.float32, device=hidden.device)
     entropy = torch.zeros(n, dtype=torch.float32, device=hidden.device)
+    mean_logits = torch.zeros(n, dtype=torch.float32, device=hidden.device)
     is_top1 = torch.zeros(n, dtype=torch.bool, device=hidden.device)
-    grad = torch.empty(n, hidden.size(1), dtype=hidden.dtype, device=hidden.device)
+    grad = torch.empty(n, hidden.size(1), dtype=hidden.dtype, device=hidden.device) if want_grad else None
     for start in range(0, n, chunk_rows):
         end = min(start + chunk_rows, n)
         h, y = hidden[start:end], targets[start:end].unsqueeze(1)
         z = (h @ weight.t()).float()
         if metrics:
             is_top1[start:end] = z.argmax(-1) == y.squeeze(1)
+            mean_logits[start:end] = z.mean(-1)
         lse = torch.logsumexp(z, -1, keepdim=True)
         log_p = z.sub_(lse)  # in place: z is now log-softmax
         log_probs[start:end] = log_p.gather(1, y).squeeze(1)
@@ -51,10 +55,10 @@ def _projection(hidden: Any, weight: Any, targets: Any, chunk_rows: int, metrics
         if metrics:
             entropy[start:end] = -(p * log_p).sum(-1)
         del log_p, z
-        # d log p_y / d z = onehot(y) - p, so d log p_y / d h = (onehot(y) - p) @ W
-        p.neg_().scatter_add_(1, y, torch.ones_like(y, dtype=p.dtype))
-        grad[start:end] = p.to(weight.dtype) @ weight
-    return log_probs, entropy, is_top1, grad
+        if grad is not None:  # d log p_y / d z = onehot(y) - p, so d log p_y / d h = (onehot(y) - p) @ W
+            p.neg_().scatter_add_(1, y, torch.ones_like(y, dtype=p.dtype))
+            grad[start:end] = p.to(weight.dtype) @ weight
+    return log_probs, entropy, is_top1, mean_logits, grad
 
 
 def _function() -> Any:
@@ -63,15 +67,18 @@ def _function() -> Any:
     class LinearLogProb(torch.autograd.Function):
         @staticmethod
         def forward(ctx, hidden, weight, targets, chunk_rows, metrics):
-            log_probs, entropy, is_top1, grad = _projection(hidden.detach(), weight, targets, chunk_rows, metrics)
+            # a forward without autograd (DPO's reference, evaluation) skips the gradient's matrix product
+            log_probs, entropy, is_top1, mean_logits, grad = _projection(
+                hidden.detach(), weight, targets, chunk_rows, metrics, want_grad=ctx.needs_input_grad[0]
+            )
             ctx.save_for_backward(grad)
-            ctx.mark_non_differentiable(entropy, is_top1)
-            return log_probs, entropy, is_top1
+            ctx.mark_non_differentiable(entropy, is_top1, mean_logits)
+            return log_probs, entropy, is_top1, mean_logits
 
         @staticmethod
         def backward(ctx, grad_log_probs, *_):
             (grad,) = ctx.saved_tensors
-            if grad_log_probs is None:
+            if grad_log_probs is None or grad is None:
                 return None, None, None, None, None
             return (grad * grad_log_probs.unsqueeze(1).to(grad.dtype)), None, None, None, None
 
@@ -135,7 +142,7 @@ def add_cpu_fused_lm_head(model: Any, chunk_rows: int = CHUNK_ROWS, metrics: boo
         rows = hidden[mask]
         if rows.dtype != weight.dtype:
             rows = rows.to(weight.dtype)
-        log_p, entropy, is_top1 = function.apply(rows, weight, labels[mask], chunk_rows, metrics)
+        log_p, entropy, is_top1, mean_logits = function.apply(rows, weight, labels[mask], chunk_rows, metrics)
         # masked_scatter keeps the output connected to the graph even when no label is valid
         log_probs = log_p.new_zeros(mask.shape).masked_scatter(mask, log_p)
         count = mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
@@ -144,8 +151,29 @@ def add_cpu_fused_lm_head(model: Any, chunk_rows: int = CHUNK_ROWS, metrics: boo
             log_probs=log_probs,
             entropy=entropy.new_zeros(mask.shape).masked_scatter(mask, entropy),
             is_top1=is_top1.new_zeros(mask.shape).masked_scatter(mask, is_top1),
+            mean_logits=mean_logits.new_zeros(mask.shape).masked_scatter(mask, mean_logits),
             label_mask=mask,
         )
 
     model.forward = types.MethodType(forward, model)
     return True
+
+
+def install_cpu_head(trainer: Any) -> bool:
+    """Give a TRL trainer's model (and its separate reference model, if any) this head, where it applies: without
+    CUDA, and not with sharded weights (FSDP, DeepSpeed: the head's weight is then a shard that only the wrapped
+    modules know how to gather) or DPO's WPO weighting (which needs log sum p^2, not computed here)."""
+    from llmtune.modeling.load import has_cuda
+
+    if (
+        has_cuda()
+        or trainer.is_fsdp_enabled
+        or trainer.is_deepspeed_enabled
+        or getattr(trainer, "use_weighting", False)
+    ):
+        return False
+    model = trainer.model
+    installed = add_cpu_fused_lm_head(model.get_base_model() if hasattr(model, "get_base_model") else model)
+    if getattr(trainer, "ref_model", None) is not None:
+        add_cpu_fused_lm_head(trainer.ref_model)
+    return installed

@@ -187,7 +187,7 @@ class TrainSpec(Strict):
     activations (estimated from the model's shape, batch and max_length), every other layer up to 4 GiB, else all
     (llmtune.modeling.checkpointing; figures in docs/benchmarks.md)."""
     cpu_fused_head: bool = True
-    """sft/pt without CUDA, frozen head: llmtune's chunked LM head and loss (llmtune.modeling.fused_head)."""
+    """sft/pt/dpo/kto without CUDA, frozen head: llmtune's chunked LM head (llmtune.modeling.fused_head)."""
     cpu_fast_lora: bool = True
     """Without CUDA: LoRA layers run llmtune's branch (llmtune.modeling.cpu_lora); false keeps peft's forward."""
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"

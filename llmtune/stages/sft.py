@@ -41,22 +41,7 @@ def build(recipe: Recipe, args_common: dict[str, Any]) -> SFTTrainer:
         processing_class=tokenizer,
         data_collator=_packed_collator(recipe, tokenizer),
     )
-    _cpu_lm_head(trainer, recipe)
     return trainer
-
-
-def _cpu_lm_head(trainer: SFTTrainer, recipe: Recipe) -> None:
-    """Without CUDA, score the loss with llmtune.modeling.fused_head instead of TRL's torch fallback (see there for
-    figures); `train.cpu_fused_head: false` keeps TRL's. Not with sharded weights (FSDP, DeepSpeed): the head's
-    weight is then a shard (a DTensor under FSDP2) that only the wrapped modules know how to gather."""
-    from llmtune.modeling import has_cuda
-
-    if has_cuda() or not recipe.train.cpu_fused_head or trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
-        return
-    from llmtune.modeling.fused_head import add_cpu_fused_lm_head
-
-    model = trainer.model
-    add_cpu_fused_lm_head(model.get_base_model() if hasattr(model, "get_base_model") else model)
 
 
 def _packing_keys(recipe: Recipe) -> dict[str, Any]:

@@ -178,7 +178,7 @@ def run(recipe: Recipe, *, resume: bool = False) -> RunResult:
     state = sharded.process_state()
     set_seed(recipe.train.seed)
     trainer = get_stage(recipe.stage).build(recipe, sharded.trainer_args(common_training_args(recipe)))
-    _cpu_lora(trainer, recipe)
+    _cpu_kernels(trainer, recipe)
     if 0 < recipe.train.checkpoint_share < 1:
         trainer.add_callback(partial_checkpointing(recipe.train.checkpoint_share))
     logger = _attach(trainer, recipe, out, state.num_processes)
@@ -215,18 +215,22 @@ def resolve_checkpointing(recipe: Recipe) -> Recipe:
     return recipe.model_copy(update={"train": train})
 
 
-def _cpu_lora(trainer: Trainer, recipe: Recipe) -> None:
-    """Without CUDA, LoRA layers get llmtune.modeling.cpu_lora's branch (`train.cpu_fast_lora`); not with sharded
-    weights (FSDP, DeepSpeed), whose hooks gather a layer's weights only when the layer itself is called."""
+def _cpu_kernels(trainer: Trainer, recipe: Recipe) -> None:
+    """Without CUDA: LoRA layers get llmtune.modeling.cpu_lora's branch (`train.cpu_fast_lora`), and sft / pt / dpo /
+    kto score their log-probabilities with llmtune.modeling.fused_head (`train.cpu_fused_head`; frozen heads only).
+    Not with sharded weights (FSDP, DeepSpeed), whose hooks gather a layer's weights only when it is called."""
     from llmtune.modeling import has_cuda
 
-    if recipe.method.kind not in ("lora", "qlora") or has_cuda() or not recipe.train.cpu_fast_lora:
+    if has_cuda() or trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
         return
-    if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
-        return
-    from llmtune.modeling.cpu_lora import speed_up_lora
+    if recipe.method.kind in ("lora", "qlora") and recipe.train.cpu_fast_lora:
+        from llmtune.modeling.cpu_lora import speed_up_lora
 
-    speed_up_lora(trainer.model)
+        speed_up_lora(trainer.model)
+    if recipe.stage in ("sft", "pt", "dpo", "kto") and recipe.train.cpu_fused_head:
+        from llmtune.modeling.fused_head import install_cpu_head
+
+        install_cpu_head(trainer)
 
 
 def _draw_curves(out: Path) -> None:
