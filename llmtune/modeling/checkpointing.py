@@ -16,12 +16,7 @@ An explicit true / false / share always wins.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-from llmtune import console
-
-if TYPE_CHECKING:
-    from llmtune.schema import Recipe
+from typing import Any
 
 GIB = 1 << 30
 AUTO_TIERS = ((1 * GIB, 0.0), (4 * GIB, 0.5))
@@ -47,25 +42,3 @@ def auto_share(saved_bytes: float) -> float:
 
 def describe_share(share: float) -> str:
     return {0.0: "off", 0.5: "every other layer", 1.0: "every layer"}.get(share, f"{share:.0%} of the layers")
-
-
-def checkpoint_share(recipe: Recipe, say: bool = False) -> float:
-    """The recipe's share of layers to recompute; auto decided from the model's config.json, the batch and the
-    compute dtype (with `say`, printed when above 0)."""
-    if recipe.train.gradient_checkpointing != "auto":
-        return recipe.train.checkpoint_share
-    from transformers import AutoConfig
-
-    from llmtune.modeling.load import model_dir, resolve_dtype, stored_dtype
-
-    path = model_dir(recipe)
-    config = AutoConfig.from_pretrained(path, trust_remote_code=recipe.model.trust_remote_code)
-    dtype = resolve_dtype(recipe.model.dtype, recipe.method, stored_dtype(path))
-    act_bytes = 4 if recipe.method.kind == "qlora" else dtype.itemsize
-    rows = recipe.train.batch_size * (2 if recipe.stage in ("rm", "dpo", "kto") else 1)
-    saved = config_activation_bytes(config, rows * recipe.data.max_length, act_bytes)
-    share = auto_share(saved)
-    if share and say:
-        console.info(f"gradient checkpointing (auto): {describe_share(share)}, for about {saved / GIB:.1f} GiB "
-                     "of activations a step would keep; train.gradient_checkpointing: false turns it off")  # fmt: skip
-    return share

@@ -212,8 +212,6 @@ def load_model(recipe: Recipe, *, head: Head = "causal_lm", num_labels: int = 1)
     if quant is not None:
         from peft import prepare_model_for_kbit_training
 
-        from llmtune.modeling.checkpointing import checkpoint_share
-
         keep_4bit_weights_trainable_on_cpu(model)
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpoint_share(recipe) > 0)
     return model
@@ -229,3 +227,28 @@ def keep_4bit_weights_trainable_on_cpu(model: PreTrainedModel) -> None:
     for module in model.modules():
         if hasattr(module, "support_avx512bf16_for_cpu"):
             module.support_avx512bf16_for_cpu = False
+
+
+def checkpoint_share(recipe: Recipe, say: bool = False) -> float:
+    """The recipe's share of layers to recompute; auto decided from the model's config.json, the batch and the
+    compute dtype (with `say`, printed when above 0)."""
+    if recipe.train.gradient_checkpointing != "auto":
+        return recipe.train.checkpoint_share
+    from transformers import AutoConfig
+
+    from llmtune.modeling.checkpointing import GIB, auto_share, config_activation_bytes, describe_share
+
+    path = model_dir(recipe)
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=recipe.model.trust_remote_code)
+    except OSError as exc:
+        raise UserError(f"model.name_or_path: cannot read the model's configuration in {path} ({exc})") from None
+    dtype = resolve_dtype(recipe.model.dtype, recipe.method, stored_dtype(path))
+    act_bytes = 4 if recipe.method.kind == "qlora" else dtype.itemsize
+    rows = recipe.train.batch_size * (2 if recipe.stage in ("rm", "dpo", "kto") else 1)
+    saved = config_activation_bytes(config, rows * recipe.data.max_length, act_bytes)
+    share = auto_share(saved)
+    if share and say:
+        console.info(f"gradient checkpointing (auto): {describe_share(share)}, for about {saved / GIB:.1f} GiB "
+                     "of activations a step would keep; train.gradient_checkpointing: false turns it off")  # fmt: skip
+    return share

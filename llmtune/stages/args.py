@@ -12,8 +12,7 @@ from typing import Any
 
 from llmtune import console
 from llmtune.errors import UserError, require_module
-from llmtune.modeling import has_cuda
-from llmtune.modeling.checkpointing import checkpoint_share
+from llmtune.modeling import checkpoint_share, has_cuda
 from llmtune.schema import Recipe
 
 

@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llmtune import console
-from llmtune.modeling import check_method, count_parameters
-from llmtune.modeling.checkpointing import checkpoint_share
+from llmtune.modeling import check_method, checkpoint_share, count_parameters
 from llmtune.outdir import apply_umask
 from llmtune.schema import Recipe
 from llmtune.stages.args import common_training_args
