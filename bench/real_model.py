@@ -68,6 +68,7 @@ LLMTUNE_VARIANTS: dict[str, dict[str, Any]] = {
     "llmtune-gc": {"train": {"gradient_checkpointing": True}},
     "llmtune-gc-half": {"train": {"gradient_checkpointing": 0.5}},
     "llmtune-peft": {"train": {"cpu_fast_lora": False}},
+    "llmtune-grouped": {"train": {"extra": {"train_sampling_strategy": "group_by_length"}}},
     "llmtune-nodropout": {"method": {"lora": {"dropout": 0.0}}},
     "llmtune-trlhead": {"train": {"cpu_fused_head": False}},
 }
