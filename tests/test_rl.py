@@ -7,6 +7,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -176,6 +180,54 @@ def test_grpo_resumes_from_its_checkpoint(tiny_recipe, tiny_data_dir) -> None:
     assert resumed.steps == 4
     assert [r["step"] for r in metrics(resumed.output_dir) if "loss" in r] == [1, 2, 3, 4]
     assert all("kl" not in r for r in metrics(resumed.output_dir))  # beta 0: no reference, no KL term
+
+
+def test_grpo_resumes_after_a_kill_as_the_uninterrupted_run(tiny_recipe, tiny_data_dir, tmp_path) -> None:
+    """`llmtune grpo` killed (SIGKILL) once checkpoint-4 is sealed, in its second epoch (6 prompts, 2 a step), then
+    run with --resume, ends as an uninterrupted run ends: one metrics row per step, sealed checkpoints, the same
+    adapter bit for bit. Completions are sampled from torch's generator, which the checkpoint's rng_state restores;
+    the prompt order of epoch 2 is replayed by llmtune.stages.grpo.replay_epochs (without it the resumed run trained
+    steps 5 and 6 on epoch 1's prompts, and its adapter differed)."""
+    import torch
+    from freeze import step_until
+    from safetensors.torch import load_file
+
+    from llmtune.training.checkpoints import is_complete
+
+    sections = {
+        "source": [{"path": str(tiny_data_dir / "sft_messages.jsonl"), "max_samples": 6}],
+        "train": {"max_steps": 6, "save_steps": 2, "logging_steps": 1},
+        "rl": {"max_new_tokens": 8},
+    }
+    rewards = [{"length": [0, 20]}]
+    a = run(load_recipe(rl_recipe(tiny_recipe, tiny_data_dir, rewards, name="a", **sections)))
+    b_path = rl_recipe(tiny_recipe, tiny_data_dir, rewards, name="b", **sections)
+    b_out = Path(load_recipe(b_path).output.dir)
+
+    command = [sys.executable, "-m", "llmtune", "grpo", "--recipe", str(b_path)]
+    proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (b_out / "metrics.jsonl").is_file():
+        assert proc.poll() is None and time.monotonic() < deadline, "run B ended before its first step"
+        time.sleep(0.02)
+    assert step_until(proc, (b_out / "checkpoint-4" / "checkpoint_complete.json").is_file), "run B ended first"
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert not (b_out / "summary.json").exists()
+
+    resumed = subprocess.run([*command, "--resume"], cwd=tmp_path, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert sorted(p.name for p in b_out.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-6"]  # the last two
+    assert all(is_complete(p) for p in b_out.glob("checkpoint-*"))
+    rows_a = [r for r in metrics(a.output_dir) if "loss" in r]
+    rows_b = [r for r in metrics(b_out) if "loss" in r]
+    assert [r["step"] for r in rows_b] == list(range(1, 7)), "one row per step, none repeated after the resume"
+    for key in ("loss", "reward", "kl", "completions/mean_length"):
+        assert [r[key] for r in rows_b] == pytest.approx([r[key] for r in rows_a], abs=1e-6), key
+    weights_a = load_file(Path(a.output_dir) / "adapter_model.safetensors")
+    weights_b = load_file(b_out / "adapter_model.safetensors")
+    assert weights_a.keys() == weights_b.keys()
+    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
 
 
 def test_reward_code_needs_the_opt_in_and_then_runs(tiny_recipe, tiny_data_dir, tmp_path) -> None:
