@@ -130,7 +130,7 @@ def test_a_reward_model_scores_completions_and_the_sft_adapter_is_the_reference(
     import torch
 
     from llmtune.infer.score import load_scorer, score
-    from llmtune.stages import dpo
+    from llmtune.stages.preference import REF_ADAPTER
 
     rm_path = tiny_recipe(stage="rm", method=LORA, source=[{"path": str(preference_data_dir / "preference.jsonl"),
                           "max_samples": 16}], train={"max_steps": 2}, name="rm")  # fmt: skip
@@ -139,8 +139,8 @@ def test_a_reward_model_scores_completions_and_the_sft_adapter_is_the_reference(
     path = rl_recipe(tiny_recipe, tiny_data_dir, rewards, model={"adapter": str(tiny_sft_adapter)})
     result = run(load_recipe(path))
     trainer = result.trainer
-    assert trainer.ref_model is None and set(trainer.model.peft_config) == {"default", dpo.REF_ADAPTER}
-    assert not (Path(result.output_dir) / dpo.REF_ADAPTER).exists()
+    assert trainer.ref_model is None and set(trainer.model.peft_config) == {"default", REF_ADAPTER}
+    assert not (Path(result.output_dir) / REF_ADAPTER).exists()
     assert trainer.reward_weights.tolist() == [1.0, 0.5]
     rows = [r for r in metrics(result.output_dir) if "loss" in r]
     assert all("rewards/rm/mean" in r and "rewards/exact/mean" in r for r in rows)

@@ -44,7 +44,7 @@ def build_online(recipe: Recipe, args_common: dict[str, Any], config_cls: type, 
         lora_config,
     )
     from llmtune.stages.args import build_config
-    from llmtune.stages.dpo import without_ref_adapter
+    from llmtune.stages.preference import without_ref_adapter
     from llmtune.stages.rewards import build_rewards, check_rewards
     from llmtune.stages.rm import warn_if_lora_ignored
 
