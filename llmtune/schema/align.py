@@ -88,7 +88,7 @@ class CpoSpec(Strict):
     simpo_gamma: float = Field(0.5, ge=0)
     """Target reward margin of simpo."""
     label_smoothing: float = Field(0.0, ge=0, lt=0.5)
-    """Assumed share of flipped labels (sigmoid)."""
+    """Assumed share of flipped labels (sigmoid and simpo)."""
 
     @property
     def alpha(self) -> float:
