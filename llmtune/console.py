@@ -80,10 +80,12 @@ def error(message: str) -> None:
 
 def quiet_libraries() -> None:
     """Silence library messages users cannot act on (unless --verbose): bitsandbytes' notice about an optional
-    CPU kernel package, and a deprecated transformers attribute that peft still reads."""
+    CPU kernel package, a deprecated transformers attribute that peft still reads, and TRL's notice that
+    trl.experimental (orpo, cpo) may change in any release (llmtune pins and tests the version it uses)."""
     if _level >= VERBOSE:
         return
     import warnings
 
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    warnings.filterwarnings("ignore", message="You are importing from 'trl.experimental'")

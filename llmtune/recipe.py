@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from llmtune.errors import UserError, not_utf8
-from llmtune.schema import Recipe, nested_model
+from llmtune.schema import STAGE_BLOCKS, Recipe, nested_model
 
 Position = tuple[str, int]  # (file, 1-based line)
 M = TypeVar("M", bound=BaseModel)
@@ -265,14 +265,14 @@ def _validate(loaded: _Loaded, root: type[M], origin: str) -> M:
 def dump_recipe(recipe: Recipe) -> str:
     """The fully resolved recipe as YAML, defaults included: what `recipe show` prints and runs save.
 
-    Sections that do not apply (the dpo, kto and rl blocks outside their stages, method blocks of other kinds) are
-    left out.
+    Sections that do not apply (the dpo, kto, orpo, cpo and rl blocks outside their stages, method blocks of other
+    kinds) are left out.
     """
     data = recipe.model_dump(mode="json")
     kind = recipe.method.kind
     unused = {"lora": kind in ("full", "freeze"), "freeze": kind != "freeze", "qlora": kind != "qlora"}
     data["method"] = {k: v for k, v in data["method"].items() if not unused.get(k)}
-    for block, stages in (("dpo", ("dpo",)), ("kto", ("kto",)), ("rl", ("grpo", "rloo"))):
+    for block, stages in STAGE_BLOCKS.items():
         if recipe.stage not in stages:
             data.pop(block)
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)

@@ -19,6 +19,7 @@ from llmtune.recipe import load_recipe
 from llmtune.schema.align import DpoLoss
 from llmtune.stages import dpo
 from llmtune.stages.args import common_training_args
+from llmtune.stages.preference import REF_ADAPTER
 from llmtune.training.run import run
 
 LORA = {"kind": "lora", "lora": {"r": 16, "alpha": 32, "dropout": 0.0}}
@@ -135,7 +136,7 @@ def test_dpo_on_an_sft_adapter_starts_from_it_and_keeps_it_as_the_reference(
 
     final = Path(recipe.output.dir) / "final"
     trainer.save_model(str(final))
-    assert not (final / dpo.REF_ADAPTER).exists()
+    assert not (final / REF_ADAPTER).exists()
     reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), final).eval()
     assert torch.allclose(_logits(reloaded, batch), _logits(trainer.model, batch), atol=1e-5)
 
@@ -150,7 +151,7 @@ def test_chained_dpo_resumes_with_the_sft_reference_rebuilt(
     path = dpo_recipe(tiny_recipe, preference_data_dir, LORA, 16, model={"adapter": str(tiny_sft_adapter)}, train=train)
     first = run(load_recipe(path))
     checkpoint = Path(first.output_dir) / "checkpoint-2"
-    assert (checkpoint / "adapter_model.safetensors").is_file() and not (checkpoint / dpo.REF_ADAPTER).exists()
+    assert (checkpoint / "adapter_model.safetensors").is_file() and not (checkpoint / REF_ADAPTER).exists()
     resumed = run(load_recipe(path, ["train.max_steps=4"]), resume=True)
     assert resumed.steps == 4
     trainer = resumed.trainer

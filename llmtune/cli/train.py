@@ -1,5 +1,5 @@
-"""The training commands `llmtune pt | sft | rm | dpo | kto | grpo | rloo | cls`: one signature, one body; more
-than one process goes through accelerate launch (llmtune.training.launch). And `llmtune report`, a page
+"""The training commands `llmtune pt | sft | rm | dpo | kto | orpo | cpo | grpo | rloo | cls`: one signature, one
+body; more than one process goes through accelerate launch (llmtune.training.launch). And `llmtune report`, a page
 comparing runs."""
 
 from __future__ import annotations
@@ -68,6 +68,8 @@ TRAINING_COMMANDS = {
     "rm": "Train a reward model (a scalar head on the base) on preference pairs: chosen must outscore rejected.",
     "dpo": "Direct preference optimisation against a frozen reference (the starting model unless dpo.reference).",
     "kto": "KTO on unpaired rows (prompt, completion, label true/false); preference pairs are split into such rows.",
+    "orpo": "ORPO on preference pairs: the SFT loss on the chosen answer plus an odds-ratio term; no reference model.",
+    "cpo": "CPO on preference pairs, or SimPO (cpo.loss_type: simpo): preference losses with no reference model.",
     "grpo": "Online RL (GRPO): sample completions, score them with rl.rewards, learn from each group's advantages.",
     "rloo": "Online RL (RLOO): like grpo, with each completion's baseline the mean reward of the others.",
     "cls": "Train a text classifier (a label head on the base) on text/label rows; accuracy and macro F1 on eval.",

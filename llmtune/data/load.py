@@ -42,6 +42,8 @@ KIND_OF_STAGE = {
     "rm": PREFERENCE,
     "dpo": PREFERENCE,
     "kto": KTO,
+    "orpo": PREFERENCE,
+    "cpo": PREFERENCE,
     "grpo": PROMPT,
     "rloo": PROMPT,
     "cls": CLS,
@@ -84,9 +86,9 @@ class Splits:
 
 
 def stage_kind(stage: str) -> str:
-    """The kind of rows a stage trains on: text (pt), chat (sft; text rows too), preference (rm, dpo), kto rows (kto;
-    pairs split), prompts (grpo, rloo; the prompts of chat rows and pairs, with their answers) or labelled texts
-    (cls)."""
+    """The kind of rows a stage trains on: text (pt), chat (sft; text rows too), preference (rm, dpo, orpo, cpo), kto
+    rows (kto; pairs split), prompts (grpo, rloo; the prompts of chat rows and pairs, with their answers) or labelled
+    texts (cls)."""
     return KIND_OF_STAGE[stage]
 
 

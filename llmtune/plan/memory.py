@@ -97,7 +97,7 @@ class Setup:
     @property
     def rows(self) -> int:
         """Sequences per forward pass: chosen and rejected are concatenated for rm and dpo."""
-        return self.batch_size * (2 if self.stage in ("rm", "dpo") else 1)
+        return self.batch_size * (2 if self.stage in ("rm", "dpo", "orpo", "cpo") else 1)
 
     @property
     def mask_width(self) -> int:

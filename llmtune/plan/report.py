@@ -215,7 +215,9 @@ def render(plan: Plan, recipe: Recipe) -> None:
         out.print(f"            {f.closed_form:,} closed form for LLaMA (llmtune.jobs.init_model.llama_param_count)")
     out.print(f"            {f.rule_of_thumb:,} rule of thumb V·H + 12·H²·L ({gap:+.1%} from exact)")
     out.print(f"{s.method}: {describe_parameters(f.trainable(s.method), f.trained_total(s.method))}")
-    tokens = f"{s.rows} x {s.seq_len} tokens" + (" (chosen + rejected)" if s.stage in ("rm", "dpo") else "")
+    tokens = f"{s.rows} x {s.seq_len} tokens" + (
+        " (chosen + rejected)" if s.stage in ("rm", "dpo", "orpo", "cpo") else ""
+    )
     dtype = "bf16 autocast" if s.autocast else ("bf16" if s.weight_bytes == 2 else "fp32")
     table = Table(title=f"Estimated peak memory per {s.device.upper()} ({dtype}, {tokens}, {s.sharding.label})")
     for column in ("component", "size", "what"):

@@ -2,7 +2,7 @@
 
 Each field's docstring is its documentation: docs/recipes.md is generated from these models
 (`python -m llmtune.docgen`). Cross-field rules live next to the block they concern. The alignment sections
-(dpo, kto, rl) live in `llmtune.schema.align`.
+(dpo, kto, orpo, cpo, rl) live in `llmtune.schema.align`.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from llmtune.schema.align import DpoSpec, KtoSpec, RlSpec
+from llmtune.schema.align import CpoSpec, DpoSpec, KtoSpec, OrpoSpec, RlSpec
 from llmtune.schema.base import Strict
 
-Stage = Literal["pt", "sft", "rm", "dpo", "kto", "grpo", "rloo", "cls"]
+Stage = Literal["pt", "sft", "rm", "dpo", "kto", "orpo", "cpo", "grpo", "rloo", "cls"]
 DataFormat = Literal["alpaca", "sharegpt", "messages", "text", "preference", "ranked", "prompt", "kto", "cls"]
 CHAT_FORMATS = ("alpaca", "sharegpt", "messages")
 PREFERENCE_FORMATS = ("preference", "ranked")
@@ -25,11 +25,15 @@ FORMATS_OF_STAGE: dict[str, tuple[str, ...]] = {
     "rm": PREFERENCE_FORMATS,
     "dpo": PREFERENCE_FORMATS,
     "kto": ("kto", *PREFERENCE_FORMATS),
+    "orpo": PREFERENCE_FORMATS,
+    "cpo": PREFERENCE_FORMATS,
     "grpo": ("prompt", *CHAT_FORMATS, *PREFERENCE_FORMATS),
     "rloo": ("prompt", *CHAT_FORMATS, *PREFERENCE_FORMATS),
     "cls": ("cls",),
 }
 """The row formats each stage reads (kto splits pairs into rows; grpo/rloo take the prompts of chat and pairs)."""
+STAGE_BLOCKS = {"dpo": ("dpo",), "kto": ("kto",), "orpo": ("orpo",), "cpo": ("cpo",), "rl": ("grpo", "rloo")}
+"""The recipe blocks that belong to some stages only."""
 
 
 def nested_model(annotation: Any) -> type[BaseModel] | None:
@@ -254,9 +258,9 @@ class Recipe(Strict):
     description: str = ""
     """One line shown by `llmtune recipe list`."""
     stage: Stage
-    """pt: continued pretraining; sft: supervised fine-tuning; rm: reward model; dpo (and its loss family) and kto:
-    offline preference optimisation; grpo, rloo: online RL against rewards (a reward model and/or checks); cls:
-    sequence classification (a label per text)."""
+    """pt: continued pretraining; sft: supervised fine-tuning; rm: reward model; dpo (and its loss family), kto, orpo
+    and cpo (and SimPO): offline preference optimisation; grpo, rloo: online RL against rewards (a reward model
+    and/or checks); cls: sequence classification (a label per text)."""
     model: ModelSpec
     """The model to start from."""
     method: MethodSpec = MethodSpec()
@@ -269,6 +273,10 @@ class Recipe(Strict):
     """DPO settings (stage dpo only)."""
     kto: KtoSpec = KtoSpec()
     """KTO settings (stage kto only)."""
+    orpo: OrpoSpec = OrpoSpec()
+    """ORPO settings (stage orpo only)."""
+    cpo: CpoSpec = CpoSpec()
+    """CPO and SimPO settings (stage cpo only)."""
     rl: RlSpec = RlSpec()
     """Online RL settings: rewards, sampling, KL (stages grpo and rloo only)."""
     hub: HubSpec = HubSpec()
@@ -286,7 +294,7 @@ class Recipe(Strict):
                         f"data.{group}[{i}].format is {src.format!r}, which stage {self.stage!r} cannot train on "
                         f"(allowed: {', '.join(allowed)})"
                     )
-        for block, stages in (("dpo", ("dpo",)), ("kto", ("kto",)), ("rl", ("grpo", "rloo"))):
+        for block, stages in STAGE_BLOCKS.items():
             if block in self.model_fields_set and self.stage not in stages:
                 use = " or ".join(stages)
                 raise ValueError(f"the {block} block is set but stage is {self.stage!r}; remove it or use stage: {use}")

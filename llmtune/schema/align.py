@@ -1,4 +1,5 @@
-"""The alignment sections of the recipe: dpo (and its loss family), kto, and rl (grpo / rloo with rewards)."""
+"""The alignment sections of the recipe: dpo (and its loss family), kto, orpo, cpo (and SimPO), and rl (grpo / rloo
+with rewards)."""
 
 from __future__ import annotations
 
@@ -69,6 +70,30 @@ class KtoSpec(Strict):
     """Weight of desirable (label true) rows; raise it when they are fewer than undesirable ones."""
     undesirable_weight: float = Field(1.0, gt=0)
     """Weight of undesirable (label false) rows."""
+
+
+class OrpoSpec(Strict):
+    beta: float = Field(0.1, gt=0)
+    """Weight of the odds-ratio term added to the SFT loss on the chosen answer (the paper's lambda)."""
+
+
+class CpoSpec(Strict):
+    loss_type: Literal["sigmoid", "hinge", "ipo", "simpo"] = "sigmoid"
+    """sigmoid: CPO; hinge, ipo: those losses on the policy alone; simpo: SimPO (length-normalised log-probs,
+    a target margin simpo_gamma)."""
+    beta: float = Field(0.1, gt=0)
+    """Scale of the log-prob difference (SimPO's paper uses 2 to 2.5)."""
+    cpo_alpha: float | None = Field(None, ge=0)
+    """Weight of the SFT term on the chosen answer; null: 1.0, and 0 with simpo (SimPO as its paper has it)."""
+    simpo_gamma: float = Field(0.5, ge=0)
+    """Target reward margin of simpo."""
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
+    """Assumed share of flipped labels (sigmoid and simpo)."""
+
+    @property
+    def alpha(self) -> float:
+        """cpo_alpha as resolved."""
+        return self.cpo_alpha if self.cpo_alpha is not None else 0.0 if self.loss_type == "simpo" else 1.0
 
 
 class RewardSpec(Strict):

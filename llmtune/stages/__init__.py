@@ -16,6 +16,8 @@ STAGES: dict[str, str] = {
     "rm": "llmtune.stages.rm",
     "dpo": "llmtune.stages.dpo",
     "kto": "llmtune.stages.kto",
+    "orpo": "llmtune.stages.orpo",
+    "cpo": "llmtune.stages.orpo",
     "grpo": "llmtune.stages.grpo",
     "rloo": "llmtune.stages.grpo",
     "cls": "llmtune.stages.cls",
