@@ -14,26 +14,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from llmtune.schema.align import CpoSpec, DpoSpec, KtoSpec, OrpoSpec, RlSpec
 from llmtune.schema.base import Strict
-
-Stage = Literal["pt", "sft", "rm", "dpo", "kto", "orpo", "cpo", "grpo", "rloo", "cls"]
-DataFormat = Literal["alpaca", "sharegpt", "messages", "text", "preference", "ranked", "prompt", "kto", "cls"]
-CHAT_FORMATS = ("alpaca", "sharegpt", "messages")
-PREFERENCE_FORMATS = ("preference", "ranked")
-FORMATS_OF_STAGE: dict[str, tuple[str, ...]] = {
-    "pt": ("text",),
-    "sft": (*CHAT_FORMATS, "text"),
-    "rm": PREFERENCE_FORMATS,
-    "dpo": PREFERENCE_FORMATS,
-    "kto": ("kto", *PREFERENCE_FORMATS),
-    "orpo": PREFERENCE_FORMATS,
-    "cpo": PREFERENCE_FORMATS,
-    "grpo": ("prompt", *CHAT_FORMATS, *PREFERENCE_FORMATS),
-    "rloo": ("prompt", *CHAT_FORMATS, *PREFERENCE_FORMATS),
-    "cls": ("cls",),
-}
-"""The row formats each stage reads (kto splits pairs into rows; grpo/rloo take the prompts of chat and pairs)."""
-STAGE_BLOCKS = {"dpo": ("dpo",), "kto": ("kto",), "orpo": ("orpo",), "cpo": ("cpo",), "rl": ("grpo", "rloo")}
-"""The recipe blocks that belong to some stages only."""
+from llmtune.schema.stages import FORMATS_OF_STAGE, STAGE_BLOCKS, DataFormat, Stage
 
 
 def nested_model(annotation: Any) -> type[BaseModel] | None:

@@ -78,7 +78,7 @@ def save_final(trainer: Trainer, out: Path) -> None:
     tmp.rmdir()
 
 
-CAUSAL_STAGES = ("pt", "sft", "dpo", "orpo", "cpo")
+CAUSAL_STAGES = ("pt", "sft", "dpo", "kto", "orpo", "cpo", "grpo", "rloo")
 
 
 def write_stops(trainer: Trainer, recipe: Recipe, out: Path, is_main: bool = True) -> None:
