@@ -77,7 +77,7 @@ def sft_run_with_head(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: 
 
 def heldout_reward(run_dir: Path, prompts: Path, reward: Callable[..., list], seed: int) -> float:
     """Mean reward of 8 completions sampled for each held-out prompt as GRPO samples them: temperature 1 over the
-    whole vocabulary (`generate` alone would keep transformers' default top-k of 50)."""
+    whole vocabulary (generate's default: no top-k cut)."""
     from llmtune.data.load import read_rows
     from llmtune.infer.generate import DecodeOptions, generate
     from llmtune.infer.load import load_for_inference
@@ -85,8 +85,7 @@ def heldout_reward(run_dir: Path, prompts: Path, reward: Callable[..., list], se
 
     rows = read_rows([DataSource(path=str(prompts))], kind="prompt").train
     loaded = load_for_inference(str(run_dir))
-    every_token = loaded.model.config.vocab_size
-    options = DecodeOptions(max_new_tokens=8, temperature=1.0, top_k=every_token, num_return_sequences=8, seed=seed)
+    options = DecodeOptions(max_new_tokens=8, temperature=1.0, num_return_sequences=8, seed=seed)
     outputs = [text for group in generate(loaded.model, loaded.tokenizer, [r["prompt"] for r in rows], options)
                for text in group]  # fmt: skip
     rewards = reward(completions=outputs)

@@ -43,7 +43,9 @@ MaxNewOpt = Annotated[int, typer.Option("--max-new-tokens", metavar="N", min=1, 
 TempOpt = Annotated[
     float, typer.Option("--temperature", metavar="T", min=0.0, help="0: greedy (or beam search); above 0: sampling.")
 ]
-TopKOpt = Annotated[Optional[int], typer.Option("--top-k", metavar="K", help="Sample from the K likeliest tokens.")]
+TopKOpt = Annotated[
+    Optional[int], typer.Option("--top-k", metavar="K", help="Sample from the K likeliest tokens (default: all).")
+]
 TopPOpt = Annotated[Optional[float], typer.Option("--top-p", metavar="P", help="Sample from the nucleus of mass P.")]
 BeamsOpt = Annotated[int, typer.Option("--num-beams", metavar="N", min=1, help="Beam search with N beams.")]
 RepOpt = Annotated[float, typer.Option("--repetition-penalty", metavar="R", help="Above 1 discourages repeats.")]

@@ -131,7 +131,7 @@ def build_generation_config(
     config.update(
         do_sample=sample,
         temperature=options.temperature if sample else None,
-        top_k=options.top_k if sample else None,
+        top_k=(options.top_k or 0) if sample else None,  # 0: no top-k cut (transformers would otherwise apply 50)
         top_p=options.top_p if sample else None,
         num_beams=options.num_beams,
         repetition_penalty=options.repetition_penalty,
