@@ -144,6 +144,11 @@ def test_two_machines_on_one_host_train_lora_under_fsdp2_and_save_once(tiny_reci
              for r in (0, 1)]  # fmt: skip
     try:
         logs = [node.communicate(timeout=300)[0] for node in nodes]
+    except subprocess.TimeoutExpired:  # a hang: stop both and show what each machine printed, not only machine 0
+        for node in nodes:
+            node.kill()
+        logs = [node.communicate()[0] for node in nodes]
+        pytest.fail("the two machines did not finish within 300 s" + machine_logs(nodes, logs))
     finally:
         for node in nodes:
             if node.poll() is None:
