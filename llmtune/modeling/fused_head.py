@@ -160,17 +160,10 @@ def add_cpu_fused_lm_head(model: Any, chunk_rows: int = CHUNK_ROWS, metrics: boo
 
 
 def install_cpu_head(trainer: Any) -> bool:
-    """Give a TRL trainer's model (and its separate reference model, if any) this head, where it applies: without
-    CUDA, and not with sharded weights (FSDP, DeepSpeed: the head's weight is then a shard that only the wrapped
-    modules know how to gather) or DPO's WPO weighting (which needs log sum p^2, not computed here)."""
-    from llmtune.modeling.load import has_cuda
-
-    if (
-        has_cuda()
-        or trainer.is_fsdp_enabled
-        or trainer.is_deepspeed_enabled
-        or getattr(trainer, "use_weighting", False)
-    ):
+    """Give a TRL trainer's model (and its separate reference model, if any) this head. The caller
+    (llmtune.training.run) has ruled out CUDA and sharded weights; DPO's WPO weighting, which needs log sum p^2,
+    keeps TRL's head."""
+    if getattr(trainer, "use_weighting", False):
         return False
     model = trainer.model
     installed = add_cpu_fused_lm_head(model.get_base_model() if hasattr(model, "get_base_model") else model)

@@ -209,7 +209,8 @@ def resolve_checkpointing(recipe: Recipe) -> Recipe:
         return recipe
     config = read_accelerate_config(recipe.train.accelerate_config) if recipe.train.accelerate_config else {}
     fsdp_checkpoints = (config.get("fsdp_config") or {}).get("fsdp_activation_checkpointing")
-    share = 0.0 if fsdp_checkpoints else checkpoint_share(recipe, say=True)  # FSDP recomputes on its own: never both
+    main = os.environ.get("RANK", "0") == "0"  # say it once in a multi-process launch
+    share = 0.0 if fsdp_checkpoints else checkpoint_share(recipe, say=main)  # FSDP recomputes on its own: never both
     train = recipe.train.model_copy(update={"gradient_checkpointing": share if 0 < share < 1 else share == 1})
     return recipe.model_copy(update={"train": train})
 
